@@ -1,0 +1,3 @@
+"""Repository-level conftest: gives the plugin's own tests pytest's ``pytester`` fixture."""
+
+pytest_plugins = ("pytester",)

@@ -1,0 +1,262 @@
+"""Typed configuration: engine configs, workloads and the matrix that combines them.
+
+A matrix file is TOML::
+
+    [defaults]
+    markers = ["sim"]          # markers applied to every test of this matrix
+    hardware = "any"
+
+    [gate.tolerance]           # relative tolerance per metric (optional)
+    output_throughput = 0.05
+
+    [[engines]]
+    id = "sim-default"
+    engine = "sim"
+    model = "sim-model"
+    max_num_seqs = 64
+
+    [[workloads]]
+    id = "random-256x64"
+    dataset = "random"
+    random_input_len = 256
+    random_output_len = 64
+    num_prompts = 64
+    max_concurrency = 16
+
+Every engine runs every workload unless it lists ``workloads = [ids]``.
+A bad file raises :class:`ConfigError` naming the file, the entry and the field.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pytest_llmperf.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "Case",
+    "EngineConfig",
+    "Matrix",
+    "MatrixDefaults",
+    "SimOptions",
+    "Workload",
+    "expand_cases",
+    "load_matrix",
+]
+
+EngineName = Literal["sim", "vllm", "sglang", "trtllm"]
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_id(value: str) -> str:
+    if not _ID_RE.match(value):
+        raise ValueError(
+            "must start with a letter or digit and contain only letters, digits and '_ . + -' "
+            f"(it becomes part of test ids and file names), got {value!r}"
+        )
+    return value
+
+
+class SimOptions(_Strict):
+    """Options of the built-in simulated engine (``engine = "sim"``)."""
+
+    profile: Literal["cpu-small", "deterministic"] = "cpu-small"
+    ttft_ms: float = Field(default=50.0, gt=0)
+    itl_ms: float = Field(default=50.0, gt=0)
+    slowdown: float = Field(default=1.0, gt=0)
+    seed: int = 0
+
+
+class EngineConfig(_Strict):
+    """One engine server configuration: what is launched, once, for all its workloads."""
+
+    id: str
+    engine: EngineName
+    model: str
+    served_model_name: str | None = None
+    tensor_parallel_size: int | None = Field(None, ge=1)
+    data_parallel_size: int | None = Field(None, ge=1)
+    enable_expert_parallel: bool = False
+    max_model_len: int | None = Field(None, ge=1)
+    max_num_seqs: int | None = Field(None, ge=1)
+    extra_args: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    startup_timeout_s: float = Field(600.0, gt=0)
+    markers: tuple[str, ...] = ()
+    workloads: tuple[str, ...] | None = None
+    sim: SimOptions = Field(default_factory=lambda: SimOptions())
+
+    _id = field_validator("id")(_check_id)
+
+    @property
+    def request_model(self) -> str:
+        """The model name sent in requests (vLLM's ``--served-model-name`` when set)."""
+        return self.served_model_name or self.model
+
+
+class Workload(_Strict):
+    """A benchmark workload, with the names and defaults of ``vllm bench serve``."""
+
+    id: str
+    dataset: Literal["random", "sharegpt"] = "random"
+    dataset_path: str | None = None
+    backend: Literal["openai-chat", "openai"] = "openai-chat"
+    endpoint: str | None = None
+    num_prompts: int = Field(100, ge=1)
+    random_input_len: int = Field(1024, ge=1)
+    random_output_len: int = Field(128, ge=1)
+    random_range_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    random_prefix_len: int = Field(0, ge=0)
+    sharegpt_output_len: int | None = Field(None, ge=1)
+    request_rate: float = Field(math.inf, gt=0)
+    burstiness: float = Field(1.0, gt=0)
+    max_concurrency: int | None = Field(None, ge=1)
+    seed: int = 0
+    ignore_eos: bool = False
+    num_warmups: int = Field(0, ge=0)
+    timeout_s: float = Field(600.0, gt=0)
+    markers: tuple[str, ...] = ()
+
+    _id = field_validator("id")(_check_id)
+
+    @field_validator("request_rate", mode="before")
+    @classmethod
+    def _rate(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "inf":
+            return math.inf
+        return value
+
+    @property
+    def resolved_endpoint(self) -> str:
+        if self.endpoint:
+            return self.endpoint
+        return "/v1/chat/completions" if self.backend == "openai-chat" else "/v1/completions"
+
+
+class MatrixDefaults(_Strict):
+    markers: tuple[str, ...] = ()
+    hardware: str = "any"
+
+
+class GateSettings(_Strict):
+    tolerance: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("tolerance")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        for metric, tol in value.items():
+            if not 0 < tol < 1:
+                raise ValueError(f"tolerance of {metric!r} must be a fraction in (0, 1), got {tol}")
+        return value
+
+
+class Matrix(_Strict):
+    defaults: MatrixDefaults = Field(default_factory=MatrixDefaults)
+    gate: GateSettings = Field(default_factory=GateSettings)
+    engines: tuple[EngineConfig, ...]
+    workloads: tuple[Workload, ...]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Matrix:
+        for kind, entries in (("engines", self.engines), ("workloads", self.workloads)):
+            seen: set[str] = set()
+            for entry in entries:
+                if entry.id in seen:
+                    raise ValueError(f"{kind}: duplicate id {entry.id!r}")
+                seen.add(entry.id)
+        known = {w.id for w in self.workloads}
+        for engine in self.engines:
+            for wid in engine.workloads or ():
+                if wid not in known:
+                    raise ValueError(
+                        f"engines (id={engine.id!r}): workload {wid!r} is not defined; known workloads: {sorted(known)}"
+                    )
+        return self
+
+
+@dataclass(frozen=True)
+class Case:
+    """One (engine config, workload) pair: one perf test."""
+
+    engine: EngineConfig
+    workload: Workload
+    matrix_path: Path
+    tolerance: dict[str, float]
+    markers: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        return f"{self.engine.id}-{self.workload.id}"
+
+
+def _describe_location(data: dict[str, Any], loc: tuple[int | str, ...]) -> str:
+    """Turn a pydantic location like ('engines', 1, 'max_num_seq') into 'engines[1] (id='x'), field ...'."""
+    parts: list[str] = []
+    node: Any = data
+    entry_id = None
+    for i, key in enumerate(loc):
+        if isinstance(key, int):
+            parts[-1] = f"{parts[-1]}[{key}]"
+            if isinstance(node, list) and key < len(node):
+                node = node[key]
+                if isinstance(node, dict) and "id" in node and i < len(loc) - 1:
+                    entry_id = node["id"]
+            continue
+        parts.append(str(key))
+        node = node.get(key) if isinstance(node, dict) else None
+    if not parts:
+        return "top level"
+    where = parts[0]
+    if entry_id is not None:
+        where += f" (id={entry_id!r})"
+    if len(parts) > 1:
+        where += ", field " + repr(".".join(parts[1:]))
+    return where
+
+
+def load_matrix(path: str | Path) -> Matrix:
+    """Read and validate a matrix TOML file."""
+    path = Path(path)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: matrix file not found") from None
+    try:
+        data = tomllib.loads(raw)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return Matrix.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{path}: invalid matrix ({exc.error_count()} error(s))"]
+        for err in exc.errors():
+            lines.append(f"  {_describe_location(data, tuple(err['loc']))}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def expand_cases(matrix: Matrix, path: Path) -> list[Case]:
+    """Every (engine, workload) pair of a matrix, in file order, engines outermost."""
+    cases: list[Case] = []
+    for engine in matrix.engines:
+        for workload in matrix.workloads:
+            if engine.workloads is not None and workload.id not in engine.workloads:
+                continue
+            markers = tuple(dict.fromkeys(matrix.defaults.markers + engine.markers + workload.markers))
+            cases.append(Case(engine, workload, path, dict(matrix.gate.tolerance), markers))
+    return cases

@@ -1,0 +1,232 @@
+"""The server process owner: start an engine in its own process group, wait until it can generate,
+and tear the whole group down, also on Ctrl-C, SIGTERM and interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from pytest_llmperf.engines.launch import LaunchSpec
+from pytest_llmperf.errors import ServerStartupError, ServerTimeoutError
+
+__all__ = ["ServerProcess", "free_port", "group_members", "stop_all_servers"]
+
+_LIVE: set[ServerProcess] = set()
+_LOCK = threading.Lock()
+TERM_GRACE_S = 15.0
+KILL_WAIT_S = 10.0
+LOG_TAIL_LINES = 40
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def group_members(pgid: int) -> list[int]:
+    """PIDs of live (non-zombie) processes in process group ``pgid``, read from /proc."""
+    members: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
+def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+class ServerProcess:
+    """One engine server. ``start()`` returns once it answers a one-token generation."""
+
+    def __init__(
+        self,
+        spec: LaunchSpec,
+        *,
+        base_url: str,
+        model: str,
+        log_path: Path,
+        startup_timeout_s: float,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.base_url = base_url
+        self.model = model
+        self.log_path = log_path
+        self.startup_timeout_s = startup_timeout_s
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pgid: int | None = None
+        self.startup_s: float | None = None
+
+    @property
+    def config_id(self) -> str:
+        return self.spec.config_id
+
+    def start(self, *, should_stop: Callable[[], bool] | None = None) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ if self.env is None else self.env)
+        env.update(self.spec.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        with open(self.log_path, "ab") as log:
+            log.write(f"### llmperf: launching {self.spec.shell()}\n".encode())
+            log.flush()
+            try:
+                self.proc = subprocess.Popen(
+                    self.spec.argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=_set_parent_death_signal,
+                )
+            except OSError as exc:
+                raise ServerStartupError(
+                    f"[{self.config_id}] could not launch {self.spec.argv[0]!r}: {exc}. "
+                    "Is the engine installed in this environment?",
+                    config_id=self.config_id,
+                ) from None
+        self.pgid = self.proc.pid
+        with _LOCK:
+            _LIVE.add(self)
+        t0 = time.monotonic()
+        try:
+            self._wait_ready(t0)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_s = time.monotonic() - t0
+
+    def _wait_ready(self, t0: float) -> None:
+        assert self.proc is not None
+        deadline = t0 + self.startup_timeout_s
+        delay = 0.1
+        with httpx.Client(timeout=10.0, trust_env=False) as client:
+            while True:
+                code = self.proc.poll()
+                if code is not None:
+                    raise ServerStartupError(
+                        f"[{self.config_id}] server exited with code {code} before it became ready "
+                        f"(log: {self.log_path})",
+                        config_id=self.config_id,
+                        log_path=str(self.log_path),
+                        log_tail=tail(self.log_path),
+                    )
+                if self._can_generate(client):
+                    return
+                if time.monotonic() > deadline:
+                    raise ServerTimeoutError(
+                        f"[{self.config_id}] server did not become ready within {self.startup_timeout_s:g} s "
+                        f"(no completed one-token generation); raise startup_timeout_s in the matrix if it "
+                        f"needs longer (log: {self.log_path})",
+                        config_id=self.config_id,
+                        log_path=str(self.log_path),
+                        log_tail=tail(self.log_path),
+                    )
+                time.sleep(delay)
+                delay = min(delay * 1.5, 2.0)
+
+    def _can_generate(self, client: httpx.Client) -> bool:
+        try:
+            if client.get(self.base_url + "/health").status_code != 200:
+                return False
+            body: dict[str, Any] = {"model": self.model, "prompt": "ready", "max_tokens": 1}
+            r = client.post(self.base_url + "/v1/completions", json=body)
+            return r.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def version(self) -> str | None:
+        try:
+            r = httpx.get(self.base_url + "/version", timeout=5.0, trust_env=False)
+            return str(r.json().get("version")) if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def stop(self) -> None:
+        """SIGTERM the group, wait, SIGKILL the group, and wait until no member is left."""
+        proc, pgid = self.proc, self.pgid
+        if proc is None or pgid is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + TERM_GRACE_S
+        while time.monotonic() < deadline and (proc.poll() is None or group_members(pgid)):
+            time.sleep(0.05)
+        if proc.poll() is None or group_members(pgid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+            deadline = time.monotonic() + KILL_WAIT_S
+            while time.monotonic() < deadline and (proc.poll() is None or group_members(pgid)):
+                time.sleep(0.05)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=1.0)
+        with open(self.log_path, "ab") as log:
+            log.write(f"### llmperf: stopped (exit code {proc.returncode})\n".encode())
+        with _LOCK:
+            _LIVE.discard(self)
+        self.proc = None
+
+
+def stop_all_servers() -> None:
+    with _LOCK:
+        live = list(_LIVE)
+    for server in live:
+        with contextlib.suppress(Exception):
+            server.stop()
+
+
+atexit.register(stop_all_servers)
+
+
+def install_signal_handlers() -> None:
+    """On SIGTERM (and SIGHUP) of the pytest process: stop every server, then die as asked."""
+
+    def handler(signum: int, frame: object) -> None:
+        stop_all_servers()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, handler)

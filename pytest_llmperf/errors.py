@@ -1,0 +1,63 @@
+"""The exception tree of pytest-llmperf.
+
+::
+
+    LlmperfError
+    ├── ConfigError            a matrix / workload file is invalid (names the file, entry and field)
+    ├── BaselineError          a baseline file cannot be read (corrupt, unknown schema version)
+    ├── DatasetError           a dataset cannot be built (missing file, bad lengths)
+    └── ServerError            an engine server did not come up or died
+        ├── ServerStartupError     exited before it became ready
+        └── ServerTimeoutError     did not become ready within its start-up timeout
+
+Every message names the thing at fault and the next step a user can take.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BaselineError",
+    "ConfigError",
+    "DatasetError",
+    "LlmperfError",
+    "ServerError",
+    "ServerStartupError",
+    "ServerTimeoutError",
+]
+
+
+class LlmperfError(Exception):
+    """Base class of every error raised by pytest-llmperf."""
+
+
+class ConfigError(LlmperfError):
+    """A matrix or workload definition is invalid."""
+
+
+class BaselineError(LlmperfError):
+    """A baseline file is corrupt or of an unknown schema version."""
+
+
+class DatasetError(LlmperfError):
+    """A benchmark dataset could not be built."""
+
+
+class ServerError(LlmperfError):
+    """An engine server failed. ``log_tail`` holds the last lines of its output."""
+
+    def __init__(self, message: str, *, config_id: str, log_path: str | None = None, log_tail: str = ""):
+        self.config_id = config_id
+        self.log_path = log_path
+        self.log_tail = log_tail
+        full = message
+        if log_tail:
+            full += f"\n--- last lines of {log_path} ---\n{log_tail}"
+        super().__init__(full)
+
+
+class ServerStartupError(ServerError):
+    """The server process exited before it became ready."""
+
+
+class ServerTimeoutError(ServerError):
+    """The server did not become ready within its start-up timeout."""

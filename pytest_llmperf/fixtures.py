@@ -1,0 +1,333 @@
+"""The fixtures a perf test uses: its case, its engine server, the benchmark runner and the gate.
+
+A perf test reads::
+
+    pytestmark = pytest.mark.llmperf_matrix("sim.toml")
+
+    def test_serving(llmperf_bench, llmperf_gate):
+        result = llmperf_bench.run()
+        llmperf_gate.check(result)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import subprocess
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_llmperf import __version__
+from pytest_llmperf.baseline import Baseline, Provenance, baseline_path, load_baseline
+from pytest_llmperf.config import Case, EngineConfig, Workload
+from pytest_llmperf.engines.launch import canonical_command
+from pytest_llmperf.errors import BaselineError, DatasetError, ServerError
+from pytest_llmperf.gate import compare_samples, format_failure, overall_verdict
+from pytest_llmperf.loadgen import BenchmarkResult, BenchSettings, SampleRequest, run_benchmark_sync
+from pytest_llmperf.loadgen.datasets import random_requests, sharegpt_requests
+from pytest_llmperf.report import RESULT_PROPERTY
+from pytest_llmperf.session import LlmperfSession, RunningServer, session_key
+from pytest_llmperf.tokenizer import SimTokenizer
+
+__all__ = [
+    "LlmperfInconclusiveWarning",
+    "PerfBench",
+    "PerfGate",
+    "PerfResult",
+    "llmperf_bench",
+    "llmperf_case",
+    "llmperf_engine",
+    "llmperf_gate",
+    "llmperf_server",
+    "llmperf_workload",
+]
+
+
+class LlmperfInconclusiveWarning(UserWarning):
+    """A gated metric moved beyond its tolerance without statistical significance."""
+
+
+@dataclass
+class PerfResult:
+    """The samples of one test: one value per metric per measured run."""
+
+    case: Case
+    server: RunningServer
+    runs: list[BenchmarkResult]
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def client_warnings(self) -> list[str]:
+        return [w for run in self.runs for w in run.client_warnings]
+
+
+def _hardware(cfg: EngineConfig) -> dict[str, Any]:
+    if cfg.engine == "sim":
+        # modelled time: results do not depend on the host, only on the simulator's profile
+        return {"kind": "simulated", "profile": cfg.sim.profile}
+    return {"kind": "host", "gpus": _gpu_fingerprint()}
+
+
+def _gpu_fingerprint() -> str:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "none"
+    names = [line.strip() for line in out.splitlines() if line.strip()]
+    return f"{len(names)}x {names[0]}" if names else "none"
+
+
+def _git_commit(root: Path) -> str | None:
+    try:
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class PerfBench:
+    """Runs the test's workload against its server: warm-ups, then ``--llmperf-repeats`` measured runs."""
+
+    def __init__(self, case: Case, server: RunningServer, state: LlmperfSession) -> None:
+        self.case = case
+        self.server = server
+        self.state = state
+
+    def requests(self, workload: Workload) -> list[SampleRequest]:
+        tokenizer = SimTokenizer()
+        if workload.dataset == "random":
+            return random_requests(
+                tokenizer,
+                num_requests=workload.num_prompts,
+                input_len=workload.random_input_len,
+                output_len=workload.random_output_len,
+                range_ratio=workload.random_range_ratio,
+                prefix_len=workload.random_prefix_len,
+                seed=workload.seed,
+            )
+        path = workload.dataset_path or self.state.sharegpt
+        if not path:
+            pytest.skip(
+                f"[{self.case.id}] needs the ShareGPT dataset: download ShareGPT_V3_unfiltered_cleaned_split.json "
+                "and pass --llmperf-sharegpt PATH (or set LLMPERF_SHAREGPT)"
+            )
+        return sharegpt_requests(
+            tokenizer,
+            path,
+            num_requests=workload.num_prompts,
+            seed=workload.seed,
+            output_len=workload.sharegpt_output_len,
+        )
+
+    def settings(self, workload: Workload) -> BenchSettings:
+        return BenchSettings(
+            base_url=self.server.base_url,
+            model=self.server.model,
+            backend=workload.backend,
+            endpoint=workload.resolved_endpoint,
+            request_rate=workload.request_rate,
+            burstiness=workload.burstiness,
+            max_concurrency=workload.max_concurrency,
+            seed=workload.seed,
+            ignore_eos=workload.ignore_eos or workload.dataset == "random",
+            num_warmups=workload.num_warmups,
+            timeout_s=workload.timeout_s,
+        )
+
+    def run(self, repeats: int | None = None) -> PerfResult:
+        workload = self.case.workload
+        try:
+            requests = self.requests(workload)
+        except DatasetError as exc:
+            pytest.fail(f"[{self.case.id}] {exc}", pytrace=False)
+        settings = self.settings(workload)
+        n = repeats or self.state.repeats
+        runs: list[BenchmarkResult] = []
+        for i in range(n):
+            # the vLLM warm-up requests run before the first measured run only
+            s = settings if i == 0 else BenchSettings(**{**settings.__dict__, "num_warmups": 0})
+            runs.append(run_benchmark_sync(s, requests))
+        result = PerfResult(self.case, self.server, runs)
+        for run in runs:
+            for key, value in run.metrics.flat().items():
+                result.samples.setdefault(key, []).append(value)
+        for w in dict.fromkeys(result.client_warnings):
+            warnings.warn(f"[{self.case.id}] {w}", stacklevel=2)
+        return result
+
+
+class PerfGate:
+    """Compares a :class:`PerfResult` with the test's baseline and fails the test item on a regression."""
+
+    def __init__(self, item: pytest.Item, case: Case, state: LlmperfSession) -> None:
+        self.item = item
+        self.case = case
+        self.state = state
+        module = os.path.relpath(str(item.path), state.rootdir)
+        name = getattr(item, "originalname", item.name)
+        self.path = baseline_path(state.baseline_dir, module, name, case.id)
+
+    def tolerances(self, baseline: Baseline | None) -> dict[str, float]:
+        tol = dict(self.case.tolerance)
+        marker = self.item.get_closest_marker("llmperf")
+        if marker is not None:
+            tol.update(marker.kwargs.get("tolerance", {}))
+        if baseline is not None:
+            tol.update(baseline.tolerance)
+        return tol
+
+    def _new_baseline(self, result: PerfResult, previous: Baseline | None) -> Baseline:
+        engine = self.case.engine
+        return Baseline(
+            test=self.item.nodeid,
+            case=self.case.id,
+            engine={
+                "id": engine.id,
+                "engine": engine.engine,
+                "version": result.server.version,
+                "model": engine.model,
+                "command": canonical_command(engine),
+            },
+            workload=self.case.workload.model_dump(mode="json", exclude={"markers"}),
+            hardware=_hardware(engine),
+            provenance=Provenance(
+                date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                plugin_version=__version__,
+                source="measured",
+                git_commit=_git_commit(self.state.rootdir),
+            ),
+            tolerance=previous.tolerance if previous is not None else {},
+            metrics={k: v for k, v in sorted(result.samples.items())},
+        )
+
+    def check(self, result: PerfResult) -> None:
+        rel = self.state.relative(self.path)
+        try:
+            baseline = load_baseline(self.path)
+        except BaselineError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        hw_now = _hardware(self.case.engine)
+        hw_diff = []
+        if baseline is not None and baseline.hardware != hw_now:
+            keys = sorted(set(baseline.hardware) | set(hw_now))
+            hw_diff = [
+                f"{k}: baseline {baseline.hardware.get(k)!r}, now {hw_now.get(k)!r}"
+                for k in keys
+                if baseline.hardware.get(k) != hw_now.get(k)
+            ]
+        rows = compare_samples(
+            None if (baseline is None or hw_diff) else baseline.metrics,
+            result.samples,
+            tolerances=self.tolerances(baseline),
+            default_tolerance=self.state.default_tolerance,
+        )
+        verdict = overall_verdict(rows)
+        update = self.state.update == "all" or (self.state.update == "failing" and verdict in ("FAIL", "NEW"))
+        functional = any(r.metric == "failed" and r.verdict == "FAIL" for r in rows)
+        if update and not functional:
+            self.state.queue_baseline(self.path, self._new_baseline(result, baseline))
+        record = {
+            "nodeid": self.item.nodeid,
+            "case": self.case.id,
+            "verdict": verdict,
+            "baseline": rel,
+            "updated": update and not functional,
+            "rows": [r.as_dict() for r in rows],
+        }
+        self.item.user_properties.append((RESULT_PROPERTY, json.dumps(record)))
+        if functional:
+            pytest.fail(
+                f"[{self.case.id}] {format_failure(rows)}\nerrors: "
+                f"{'; '.join(dict.fromkeys(e for run in result.runs for e in run.errors))[:1000]}",
+                pytrace=False,
+            )
+        if update:
+            return
+        if hw_diff:
+            pytest.fail(
+                f"[{self.case.id}] baseline {rel} was recorded on other hardware ({'; '.join(hw_diff)}); it is "
+                f"not compared. Record one for this hardware: pytest '{self.item.nodeid}' --llmperf-update-baselines",
+                pytrace=False,
+            )
+        if verdict == "NEW":
+            pytest.fail(
+                f"[{self.case.id}] no baseline: {rel} does not exist. Record it with:\n"
+                f"    pytest '{self.item.nodeid}' --llmperf-update-baselines",
+                pytrace=False,
+            )
+        if verdict == "FAIL":
+            pytest.fail(
+                f"[{self.case.id}] performance regression against {rel}:\n{format_failure(rows)}\n"
+                "If this change is intended, re-run with --llmperf-update-baselines to accept it.",
+                pytrace=False,
+            )
+        if verdict == "INCONCLUSIVE":
+            notes = "; ".join(
+                f"{r.metric} {r.change:+.1%}" for r in rows if r.verdict == "INCONCLUSIVE" and r.change is not None
+            )
+            warnings.warn(
+                LlmperfInconclusiveWarning(f"[{self.case.id}] inconclusive: {notes}; add runs with --llmperf-repeats"),
+                stacklevel=2,
+            )
+
+
+def _state(request: pytest.FixtureRequest) -> LlmperfSession:
+    return request.config.stash[session_key]
+
+
+@pytest.fixture
+def llmperf_case(request: pytest.FixtureRequest) -> Case:
+    """The (engine config, workload) pair of this test, from its ``llmperf_matrix`` marker."""
+    case = getattr(request, "param", None)
+    if not isinstance(case, Case):
+        pytest.fail(
+            f"{request.node.nodeid} uses llmperf fixtures but has no matrix: add "
+            "pytestmark = pytest.mark.llmperf_matrix('matrix.toml') to its module",
+            pytrace=False,
+        )
+    return case
+
+
+@pytest.fixture
+def llmperf_engine(llmperf_case: Case) -> EngineConfig:
+    return llmperf_case.engine
+
+
+@pytest.fixture
+def llmperf_workload(llmperf_case: Case) -> Workload:
+    return llmperf_case.workload
+
+
+@pytest.fixture
+def llmperf_server(request: pytest.FixtureRequest, llmperf_case: Case) -> Iterator[RunningServer]:
+    """The running server of this test's engine config (shared by all its tests; started once)."""
+    try:
+        yield _state(request).pool.acquire(llmperf_case.engine)
+    except ServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def llmperf_bench(request: pytest.FixtureRequest, llmperf_case: Case, llmperf_server: RunningServer) -> PerfBench:
+    return PerfBench(llmperf_case, llmperf_server, _state(request))
+
+
+@pytest.fixture
+def llmperf_gate(request: pytest.FixtureRequest, llmperf_case: Case) -> PerfGate:
+    return PerfGate(request.node, llmperf_case, _state(request))

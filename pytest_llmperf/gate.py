@@ -1,0 +1,201 @@
+"""The gate: compare current run-level samples with a baseline's, metric by metric.
+
+A gated metric FAILs only when its change is worse than the tolerance *and*, when both sides
+have at least two samples, a one-sided Welch t-test on the run-level samples says the change is
+significant (p < alpha). A change beyond the tolerance without significance is INCONCLUSIVE.
+With fewer than two samples on a side the verdict rests on the tolerance alone, and says so.
+The failed-request count is functional: any failed request FAILs the test.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from scipy import stats
+
+__all__ = [
+    "DEFAULT_GATED",
+    "REPORTED",
+    "MetricVerdict",
+    "compare_metric",
+    "compare_samples",
+    "format_failure",
+    "higher_is_better",
+    "overall_verdict",
+]
+
+Verdict = Literal["PASS", "FAIL", "INCONCLUSIVE", "NEW"]
+
+DEFAULT_GATED: tuple[str, ...] = ("total_token_throughput", "output_throughput", "mean_tpot_ms", "failed")
+REPORTED: tuple[str, ...] = ("request_throughput", "mean_ttft_ms", "p99_ttft_ms", "p99_tpot_ms", "mean_itl_ms")
+DEFAULT_TOLERANCE = 0.05
+DEFAULT_ALPHA = 0.05
+STALE_FACTOR = 2.0  # an improvement of more than STALE_FACTOR x tolerance suggests a stale baseline
+
+_HIGHER_IS_BETTER = {
+    "request_throughput",
+    "request_goodput",
+    "output_throughput",
+    "total_token_throughput",
+    "max_output_tokens_per_s",
+    "completed",
+}
+
+
+def higher_is_better(metric: str) -> bool:
+    """Throughputs are higher-is-better; latencies (``*_ms``), durations and failures lower-is-better."""
+    if metric in _HIGHER_IS_BETTER:
+        return True
+    if metric.endswith("_ms") or metric in ("failed", "duration"):
+        return False
+    raise KeyError(f"no direction is declared for metric {metric!r}")
+
+
+@dataclass(frozen=True)
+class MetricVerdict:
+    metric: str
+    baseline: float | None
+    current: float
+    change: float | None  # signed relative change of the mean, (current - baseline) / baseline
+    tolerance: float
+    p_value: float | None
+    n_baseline: int
+    n_current: int
+    verdict: Verdict
+    gated: bool
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _p_value_worse(base: Sequence[float], cur: Sequence[float], higher_better: bool) -> float:
+    """One-sided Welch t-test p-value for 'current is worse than baseline'."""
+    alternative = "less" if higher_better else "greater"  # cur - base
+    if statistics.pvariance(base) == 0 and statistics.pvariance(cur) == 0:
+        worse = (
+            (statistics.fmean(cur) < statistics.fmean(base))
+            if higher_better
+            else (statistics.fmean(cur) > statistics.fmean(base))
+        )
+        return 0.0 if worse else 1.0
+    result = stats.ttest_ind(cur, base, equal_var=False, alternative=alternative)
+    p = float(result.pvalue)
+    return 1.0 if math.isnan(p) else p
+
+
+def compare_metric(
+    metric: str,
+    baseline: Sequence[float] | None,
+    current: Sequence[float],
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    alpha: float = DEFAULT_ALPHA,
+    gated: bool = True,
+) -> MetricVerdict:
+    cur_mean = statistics.fmean(current)
+    if metric == "failed":
+        verdict: Verdict = "FAIL" if cur_mean > 0 else "PASS"
+        note = f"{sum(current):g} failed request(s)" if cur_mean > 0 else ""
+        base_mean = statistics.fmean(baseline) if baseline else None
+        return MetricVerdict(
+            metric,
+            base_mean,
+            cur_mean,
+            None,
+            0.0,
+            None,
+            len(baseline or ()),
+            len(current),
+            verdict if gated else "PASS",
+            gated,
+            note,
+        )
+    if not baseline:
+        return MetricVerdict(metric, None, cur_mean, None, tolerance, None, 0, len(current), "NEW", gated)
+    base_mean = statistics.fmean(baseline)
+    higher = higher_is_better(metric)
+    change = (cur_mean - base_mean) / base_mean if base_mean else (0.0 if cur_mean == base_mean else math.inf)
+    worse_by = -change if higher else change
+    p_value: float | None = None
+    note = ""
+    if worse_by > tolerance:
+        if len(baseline) >= 2 and len(current) >= 2:
+            p_value = _p_value_worse(baseline, current, higher)
+            verdict = "FAIL" if p_value < alpha else "INCONCLUSIVE"
+            if verdict == "INCONCLUSIVE":
+                note = f"beyond tolerance but not significant (p={p_value:.3f} >= {alpha})"
+        else:
+            verdict = "FAIL"
+            note = "tolerance only: fewer than 2 samples on a side"
+    else:
+        verdict = "PASS"
+        if -worse_by > STALE_FACTOR * tolerance:
+            note = "large improvement: the baseline may be stale (--llmperf-update-baselines=all)"
+    if not gated and verdict != "PASS":
+        note = (note + "; " if note else "") + f"reported only ({verdict.lower()})"
+        verdict = "PASS"
+    return MetricVerdict(
+        metric, base_mean, cur_mean, change, tolerance, p_value, len(baseline), len(current), verdict, gated, note
+    )
+
+
+def compare_samples(
+    baseline: Mapping[str, Sequence[float]] | None,
+    current: Mapping[str, Sequence[float]],
+    *,
+    tolerances: Mapping[str, float],
+    default_tolerance: float = DEFAULT_TOLERANCE,
+    gated: Sequence[str] = DEFAULT_GATED,
+    reported: Sequence[str] = REPORTED,
+    alpha: float = DEFAULT_ALPHA,
+) -> list[MetricVerdict]:
+    rows: list[MetricVerdict] = []
+    for metric in (*gated, *reported):
+        if metric not in current:
+            continue
+        base = None if baseline is None else baseline.get(metric)
+        rows.append(
+            compare_metric(
+                metric,
+                base,
+                current[metric],
+                tolerance=tolerances.get(metric, default_tolerance),
+                alpha=alpha,
+                gated=metric in gated,
+            )
+        )
+    return rows
+
+
+def overall_verdict(rows: Sequence[MetricVerdict]) -> Verdict:
+    gated = [r for r in rows if r.gated]
+    if any(r.verdict == "FAIL" for r in gated):
+        return "FAIL"
+    if any(r.verdict == "NEW" for r in gated):
+        return "NEW"
+    if any(r.verdict == "INCONCLUSIVE" for r in gated):
+        return "INCONCLUSIVE"
+    return "PASS"
+
+
+def format_failure(rows: Sequence[MetricVerdict]) -> str:
+    """The compact message a failing test carries: one line per regressed metric."""
+    lines = []
+    for r in rows:
+        if r.verdict != "FAIL":
+            continue
+        if r.metric == "failed":
+            lines.append(f"failed requests: {r.note} (functional failure, not slowness)")
+            continue
+        assert r.baseline is not None and r.change is not None
+        p = f", p={r.p_value:.3g}" if r.p_value is not None else ""
+        lines.append(
+            f"{r.metric}: {r.baseline:.2f} -> {r.current:.2f} ({r.change:+.1%}, tolerance {r.tolerance:.0%}{p}, "
+            f"n={r.n_baseline}/{r.n_current})" + (f" [{r.note}]" if r.note else "")
+        )
+    return "\n".join(lines)

@@ -1,0 +1,127 @@
+"""Benchmark datasets: ``random`` and ``sharegpt`` with the sampling rules of ``vllm bench serve``."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from pytest_llmperf.errors import DatasetError
+
+__all__ = ["SampleRequest", "Tokenizer", "random_requests", "sharegpt_requests"]
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+    def num_special_tokens_to_add(self) -> int: ...
+
+    @property
+    def all_special_ids(self) -> list[int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRequest:
+    prompt: str
+    prompt_len: int
+    expected_output_len: int
+
+
+def random_requests(
+    tokenizer: Tokenizer,
+    *,
+    num_requests: int,
+    input_len: int,
+    output_len: int,
+    range_ratio: float = 0.0,
+    prefix_len: int = 0,
+    seed: int = 0,
+) -> list[SampleRequest]:
+    """Token-run prompts of uniformly drawn lengths (vLLM's RandomDataset)."""
+    if not 0.0 <= range_ratio < 1.0:
+        raise DatasetError(f"random_range_ratio must be in [0, 1), got {range_ratio}")
+    rng = np.random.default_rng(seed)
+    real_in = input_len - tokenizer.num_special_tokens_to_add()
+    in_low = math.floor(real_in * (1 - range_ratio))
+    in_high = math.ceil(real_in * (1 + range_ratio))
+    out_low = max(1, math.floor(output_len * (1 - range_ratio)))
+    out_high = math.ceil(output_len * (1 + range_ratio))
+    if in_low < 0 or in_high < in_low:
+        raise DatasetError(f"random_input_len={input_len} leaves no room for the prompt")
+    input_lens = rng.integers(in_low, in_high + 1, size=num_requests)
+    output_lens = rng.integers(out_low, out_high + 1, size=num_requests)
+    offsets = rng.integers(0, tokenizer.vocab_size, size=num_requests)
+    special = set(tokenizer.all_special_ids)
+    allowed = np.array([t for t in range(tokenizer.vocab_size) if t not in special], dtype=np.int64)
+    prefix = rng.choice(allowed, size=prefix_len).tolist() if prefix_len > 0 else []
+    requests: list[SampleRequest] = []
+    for i in range(num_requests):
+        n = int(input_lens[i])
+        body = allowed[(int(offsets[i]) + i + np.arange(n)) % len(allowed)].tolist()
+        ids = prefix + body
+        target = prefix_len + n
+        prompt = tokenizer.decode(ids)
+        for _ in range(10):  # vLLM's decode -> encode length fix-up
+            encoded = tokenizer.encode(prompt)
+            if len(encoded) == target:
+                break
+            if len(encoded) < target:
+                extra = rng.integers(0, tokenizer.vocab_size, size=target - len(encoded)).tolist()
+                encoded = encoded + extra
+            else:
+                encoded = encoded[:target]
+            prompt = tokenizer.decode(encoded)
+        requests.append(SampleRequest(prompt, len(tokenizer.encode(prompt)), int(output_lens[i])))
+    return requests
+
+
+def sharegpt_requests(
+    tokenizer: Tokenizer,
+    path: str | Path,
+    *,
+    num_requests: int,
+    seed: int = 0,
+    output_len: int | None = None,
+) -> list[SampleRequest]:
+    """First two turns of ShareGPT conversations, shuffled with ``seed`` and filtered as vLLM does."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(
+            f"ShareGPT file {path} not found. Download ShareGPT_V3_unfiltered_cleaned_split.json and pass "
+            "its path with --llmperf-sharegpt PATH (or set LLMPERF_SHAREGPT)."
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"ShareGPT file {path} could not be read as JSON: {exc}") from None
+    entries = [d for d in data if isinstance(d, dict) and len(d.get("conversations") or []) >= 2]
+    random.Random(seed).shuffle(entries)
+    out: list[SampleRequest] = []
+    for entry in entries:
+        if len(out) >= num_requests:
+            break
+        prompt = str(entry["conversations"][0].get("value", ""))
+        completion = str(entry["conversations"][1].get("value", ""))
+        prompt_len = len(tokenizer.encode(prompt)) + tokenizer.num_special_tokens_to_add()
+        completion_len = len(tokenizer.encode(completion)) + tokenizer.num_special_tokens_to_add()
+        new_out = output_len if output_len is not None else completion_len
+        if prompt_len < 4 or (output_len is None and new_out < 4):
+            continue
+        if prompt_len > 1024 or prompt_len + new_out > 2048:
+            continue
+        out.append(SampleRequest(prompt, prompt_len, new_out))
+    if not out:
+        raise DatasetError(f"ShareGPT file {path}: no conversation passes vLLM's length filters")
+    rnd = random.Random(seed)
+    while len(out) < num_requests:  # oversample, as vLLM does
+        out.append(rnd.choice(out))
+    return out

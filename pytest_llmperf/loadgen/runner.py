@@ -1,0 +1,206 @@
+"""The benchmark driver: arrivals, concurrency, warm-ups and the run's duration, as ``vllm bench serve``.
+
+It also watches itself: the lag between each request's scheduled and actual send time, the
+event loop's lag, and the client's CPU use. When the client cannot keep up, the result says so
+in ``client_warnings`` instead of silently reporting a slower engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from pytest_llmperf.loadgen.client import auth_headers, build_payload, send_streaming_request
+from pytest_llmperf.loadgen.datasets import SampleRequest
+from pytest_llmperf.metrics import BenchmarkMetrics, RequestRecord, calculate_metrics
+
+__all__ = ["BenchSettings", "BenchmarkResult", "arrival_offsets", "run_benchmark", "run_benchmark_sync"]
+
+ProgressFn = Callable[[int, int, int, float], None]  # done, total, output tokens so far, elapsed s
+
+SEND_LAG_WARN_S = 0.050
+LOOP_LAG_WARN_S = 0.050
+CPU_WARN_FRACTION = 0.90
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    base_url: str
+    model: str
+    backend: str = "openai-chat"
+    endpoint: str = "/v1/chat/completions"
+    request_rate: float = math.inf
+    burstiness: float = 1.0
+    max_concurrency: int | None = None
+    seed: int = 0
+    ignore_eos: bool = False
+    num_warmups: int = 0
+    timeout_s: float = 6 * 3600.0
+    percentiles: tuple[float, ...] = (99.0,)
+    goodput: dict[str, float] | None = None
+
+
+@dataclass
+class BenchmarkResult:
+    settings: BenchSettings
+    metrics: BenchmarkMetrics
+    records: list[RequestRecord]
+    client_cpu_s: float
+    max_send_lag_s: float
+    max_loop_lag_s: float
+    client_warnings: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[str]:
+        return [r.error for r in self.records if not r.success]
+
+
+def arrival_offsets(n: int, request_rate: float, burstiness: float, seed: int) -> np.ndarray:
+    """Send times relative to the start: gamma gaps, cumulated, rescaled so the last is n / rate."""
+    if n == 0:
+        return np.zeros(0)
+    if request_rate == math.inf:
+        return np.zeros(n)
+    rng = np.random.RandomState(seed)
+    if burstiness == math.inf:
+        gaps = np.full(n, 1.0 / request_rate)
+    else:
+        theta = 1.0 / (request_rate * burstiness)
+        gaps = rng.gamma(shape=burstiness, scale=theta, size=n)
+    cumulative = np.cumsum(gaps)
+    target = n / request_rate
+    if cumulative[-1] > 0:
+        cumulative = cumulative * (target / cumulative[-1])
+    return np.asarray(cumulative)
+
+
+async def _loop_lag_monitor(stop: asyncio.Event, out: list[float], interval: float = 0.02) -> None:
+    loop = asyncio.get_running_loop()
+    worst = 0.0
+    while not stop.is_set():
+        t0 = loop.time()
+        await asyncio.sleep(interval)
+        worst = max(worst, loop.time() - t0 - interval)
+    out.append(worst)
+
+
+async def run_benchmark(
+    settings: BenchSettings,
+    requests: Sequence[SampleRequest],
+    *,
+    progress: ProgressFn | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+) -> BenchmarkResult:
+    chat = settings.backend == "openai-chat"
+    url = settings.base_url.rstrip("/") + settings.endpoint
+    headers = auth_headers(chat=chat)
+    payloads = [build_payload(settings.backend, settings.model, r, ignore_eos=settings.ignore_eos) for r in requests]
+    connector = aiohttp.TCPConnector(
+        limit=settings.max_concurrency or 0,
+        limit_per_host=settings.max_concurrency or 0,
+        keepalive_timeout=60,
+        enable_cleanup_closed=True,
+    )
+    timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
+    semaphore = asyncio.Semaphore(settings.max_concurrency) if settings.max_concurrency else None
+    records = [RequestRecord(prompt_len=r.prompt_len, output_len_hint=r.expected_output_len) for r in requests]
+    done = 0
+    out_tokens = 0
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as session:
+
+        async def one(i: int, record: RequestRecord, payload: bytes) -> None:
+            nonlocal done, out_tokens
+            created = time.perf_counter()
+            if semaphore is not None:
+                async with semaphore:
+                    record.queue_time = time.perf_counter() - created
+                    await send_streaming_request(session, url, payload, headers, record, chat=chat)
+            else:
+                await send_streaming_request(session, url, payload, headers, record, chat=chat)
+            done += 1
+            out_tokens += record.output_tokens
+            if progress is not None:
+                progress(done, len(records), out_tokens, time.perf_counter() - bench_start)
+
+        if settings.num_warmups and requests:
+            warm = [RequestRecord() for _ in range(settings.num_warmups)]
+            await asyncio.gather(
+                *(
+                    _bounded(semaphore, send_streaming_request(session, url, payloads[0], headers, w, chat=chat))
+                    for w in warm
+                )
+            )
+
+        gc.collect()
+        gc.freeze()
+        offsets = arrival_offsets(len(requests), settings.request_rate, settings.burstiness, settings.seed)
+        stop = asyncio.Event()
+        lag_out: list[float] = []
+        monitor = asyncio.create_task(_loop_lag_monitor(stop, lag_out))
+        cpu0 = time.process_time()
+        bench_start = time.perf_counter()
+        tasks = []
+        max_send_lag = 0.0
+        for i, (record, payload) in enumerate(zip(records, payloads, strict=False)):
+            due = bench_start + float(offsets[i])
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            record.scheduled_time = due
+            max_send_lag = max(max_send_lag, time.perf_counter() - due)
+            tasks.append(asyncio.create_task(one(i, record, payload)))
+        await asyncio.gather(*tasks)
+        duration = time.perf_counter() - bench_start
+        cpu = time.process_time() - cpu0
+        stop.set()
+        await monitor
+        gc.unfreeze()
+
+    # send lag as seen by each request: actual start minus scheduled (excludes concurrency waits)
+    for r in records:
+        if r.start_time:
+            max_send_lag = max(max_send_lag, r.start_time - r.scheduled_time - r.queue_time)
+    metrics = calculate_metrics(
+        records, duration, percentiles=settings.percentiles, goodput=settings.goodput, count_tokens=count_tokens
+    )
+    loop_lag = lag_out[0] if lag_out else 0.0
+    warnings: list[str] = []
+    if max_send_lag > SEND_LAG_WARN_S:
+        warnings.append(f"client send lag up to {max_send_lag * 1000:.0f} ms: requests left later than scheduled")
+    if loop_lag > LOOP_LAG_WARN_S:
+        warnings.append(f"client event-loop lag up to {loop_lag * 1000:.0f} ms: latencies include client delay")
+    if duration > 0 and cpu / duration > CPU_WARN_FRACTION:
+        warnings.append(f"client CPU at {100 * cpu / duration:.0f}% of one core: the client may be the bottleneck")
+    return BenchmarkResult(settings, metrics, records, cpu, max_send_lag, loop_lag, warnings)
+
+
+async def _bounded(semaphore: asyncio.Semaphore | None, coro: Any) -> Any:
+    if semaphore is None:
+        return await coro
+    async with semaphore:
+        return await coro
+
+
+def run_benchmark_sync(
+    settings: BenchSettings,
+    requests: Sequence[SampleRequest],
+    *,
+    progress: ProgressFn | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+) -> BenchmarkResult:
+    """Run :func:`run_benchmark` in a fresh event loop (uvloop when installed)."""
+    coro = run_benchmark(settings, requests, progress=progress, count_tokens=count_tokens)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
