@@ -130,7 +130,8 @@ class Workload(_Strict):
     seed: int = 0
     ignore_eos: bool = False
     num_warmups: int = Field(0, ge=0)
-    timeout_s: float = Field(600.0, gt=0)
+    timeout_s: float = Field(3600.0, gt=0)
+    stall_timeout_s: float = Field(120.0, gt=0)
     markers: tuple[str, ...] = ()
 
     _id = field_validator("id")(_check_id)

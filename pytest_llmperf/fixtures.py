@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,14 +147,18 @@ class PerfBench:
             ignore_eos=workload.ignore_eos or workload.dataset == "random",
             num_warmups=workload.num_warmups,
             timeout_s=workload.timeout_s,
+            stall_timeout_s=workload.stall_timeout_s,
         )
 
     def run(self, repeats: int | None = None) -> PerfResult:
         workload = self.case.workload
+        problem = ""
         try:
             requests = self.requests(workload)
         except DatasetError as exc:
-            pytest.fail(f"[{self.case.id}] {exc}", pytrace=False)
+            problem = str(exc)
+        if problem:
+            pytest.fail(f"[{self.case.id}] {problem}", pytrace=False)
         settings = self.settings(workload)
         n = repeats or self.state.repeats
         runs: list[BenchmarkResult] = []
@@ -218,10 +221,13 @@ class PerfGate:
 
     def check(self, result: PerfResult) -> None:
         rel = self.state.relative(self.path)
+        problem = ""
         try:
             baseline = load_baseline(self.path)
         except BaselineError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            problem = str(exc).replace(str(self.path), rel)
+        if problem:  # failed outside the except block: one message, no chained traceback
+            pytest.fail(f"[{self.case.id}] {problem}", pytrace=False)
         hw_now = _hardware(self.case.engine)
         hw_diff = []
         if baseline is not None and baseline.hardware != hw_now:
@@ -315,12 +321,16 @@ def llmperf_workload(llmperf_case: Case) -> Workload:
 
 
 @pytest.fixture
-def llmperf_server(request: pytest.FixtureRequest, llmperf_case: Case) -> Iterator[RunningServer]:
+def llmperf_server(request: pytest.FixtureRequest, llmperf_case: Case) -> RunningServer:
     """The running server of this test's engine config (shared by all its tests; started once)."""
+    problem = ""
     try:
-        yield _state(request).pool.acquire(llmperf_case.engine)
+        server = _state(request).pool.acquire(llmperf_case.engine)
     except ServerError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        problem = str(exc)
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    return server
 
 
 @pytest.fixture

@@ -164,7 +164,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     try:
         cases = expand_cases(state.matrix(path), path)
     except ConfigError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        error = str(exc)
+    else:
+        error = ""
+    if error:  # raised outside the except block: no chained traceback in the report
+        pytest.fail(error, pytrace=False)
     params = [
         pytest.param(
             case,

@@ -43,7 +43,8 @@ class BenchSettings:
     seed: int = 0
     ignore_eos: bool = False
     num_warmups: int = 0
-    timeout_s: float = 6 * 3600.0
+    timeout_s: float = 6 * 3600.0  # per request, as vLLM's ClientTimeout(total=6 h)
+    stall_timeout_s: float | None = None  # no byte for this long: the stream has stalled
     percentiles: tuple[float, ...] = (99.0,)
     goodput: dict[str, float] | None = None
 
@@ -109,7 +110,7 @@ async def run_benchmark(
         keepalive_timeout=60,
         enable_cleanup_closed=True,
     )
-    timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
+    timeout = aiohttp.ClientTimeout(total=settings.timeout_s, sock_read=settings.stall_timeout_s)
     semaphore = asyncio.Semaphore(settings.max_concurrency) if settings.max_concurrency else None
     records = [RequestRecord(prompt_len=r.prompt_len, output_len_hint=r.expected_output_len) for r in requests]
     done = 0

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -49,6 +50,11 @@ class SimServerOptions:
     fail_at_startup: str | None
     fail_exit_code: int
     spawn_children: int
+    crash_after: int | None = None
+    stall_after: int | None = None
+    error_rate: float = 0.0
+    malformed_rate: float = 0.0
+    reset_rate: float = 0.0
 
 
 def _error(status: int, message: str, kind: str) -> web.Response:
@@ -64,6 +70,7 @@ class SimServer:
         self.deterministic = opts.profile == "deterministic"
         self.created = int(time.time())
         self.requests_total = 0
+        self.faults = random.Random(opts.seed)
         # counters of the deterministic profile, which bypasses the engine
         self._det_running = 0
         self._det_prompt = 0
@@ -196,6 +203,12 @@ class SimServer:
                 "BadRequestError",
             )
         self.requests_total += 1
+        n = self.requests_total
+        if self.opts.crash_after is not None and n > self.opts.crash_after:
+            print(f"llmperf sim: crashing on request {n} (--crash-after {self.opts.crash_after})", flush=True)
+            os._exit(3)
+        if self.opts.error_rate and self.faults.random() < self.opts.error_rate:
+            return _error(500, "simulated internal server error (--error-rate)", "InternalServerError")
         stream = bool(body.get("stream", False))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
@@ -217,7 +230,8 @@ class SimServer:
             return
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        ttft, itl = self.opts.ttft_ms / 1000.0, self.opts.itl_ms / 1000.0
+        scale = self.opts.slowdown / 1000.0  # --slowdown applies to the deterministic schedule too
+        ttft, itl = self.opts.ttft_ms * scale, self.opts.itl_ms * scale
         self._det_running += 1
         self._det_prompt += prompt_tokens
         try:
@@ -257,13 +271,23 @@ class SimServer:
             last_tail = '","logprobs":null,"finish_reason":"length","stop_reason":null}],"usage":null}\n\n'
         word = self.tokenizer.word
         first = True
+        stall = self.opts.stall_after is not None and self.requests_total > self.opts.stall_after
+        malformed_at = max_tokens // 2 + 1 if self.faults.random() < self.opts.malformed_rate else -1
+        reset_at = max_tokens // 2 + 1 if self.faults.random() < self.opts.reset_rate else -1
         async for n in self._tokens(prompt_tokens, max_tokens):
             piece = mid + " " + word(n) + (last_tail if n == max_tokens else tail)
             data = piece.encode()
             if first:
                 data = role + data
                 first = False
+            if n == malformed_at:
+                data = b'data: {"choices": [{"delta": \n\n'
             await resp.write(data)
+            if n == reset_at and request.transport is not None:
+                request.transport.abort()  # drop the connection mid-stream
+                return resp
+            if stall:
+                await asyncio.Event().wait()  # stop streaming; holds until the client gives up
         if include_usage:
             usage = {
                 "prompt_tokens": prompt_tokens,
@@ -364,6 +388,35 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimServerOptions, list[st
     p.add_argument("--fail-at-startup", default=None, metavar="MESSAGE", help="fault: print MESSAGE and exit")
     p.add_argument("--fail-exit-code", type=int, default=1)
     p.add_argument("--spawn-children", type=int, default=0, help="fault: start N child processes")
+    p.add_argument(
+        "--crash-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="fault: exit when request N+1 arrives (the readiness probe counts; 0: die on the first)",
+    )
+    p.add_argument(
+        "--stall-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="fault: requests after the N-th stop streaming after their first token",
+    )
+    p.add_argument("--error-rate", type=float, default=0.0, metavar="F", help="fault: HTTP 500 for a fraction F")
+    p.add_argument(
+        "--malformed-rate",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fault: a fraction F of streams carry one malformed SSE message",
+    )
+    p.add_argument(
+        "--reset-rate",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fault: a fraction F of streams have their connection reset mid-stream",
+    )
     args = list(sys.argv[1:] if argv is None else argv)
     model_tag = None
     if args and not args[0].startswith("-"):  # `vllm serve MODEL ...` style
@@ -389,6 +442,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimServerOptions, list[st
         fail_at_startup=ns.fail_at_startup,
         fail_exit_code=ns.fail_exit_code,
         spawn_children=ns.spawn_children,
+        crash_after=ns.crash_after,
+        stall_after=ns.stall_after,
+        error_rate=ns.error_rate,
+        malformed_rate=ns.malformed_rate,
+        reset_rate=ns.reset_rate,
     )
     return opts, unknown
 
@@ -407,7 +465,7 @@ async def _serve(opts: SimServerOptions) -> None:
         print(f"llmperf sim: start-up delay of {opts.startup_delay_s} s", flush=True)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), opts.startup_delay_s)
-    runner = web.AppRunner(build_app(opts), access_log=None, handle_signals=False)
+    runner = web.AppRunner(build_app(opts), access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, opts.host, opts.port, reuse_address=True)
     await site.start()

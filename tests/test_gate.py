@@ -1,0 +1,115 @@
+"""Verdict logic of the gate: directions, tolerance, significance, functional failures."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_llmperf.gate import (
+    DEFAULT_GATED,
+    compare_metric,
+    compare_samples,
+    format_failure,
+    higher_is_better,
+    overall_verdict,
+)
+
+
+@pytest.mark.parametrize(
+    ("metric", "higher"),
+    [
+        ("output_throughput", True),
+        ("total_token_throughput", True),
+        ("request_throughput", True),
+        ("max_output_tokens_per_s", True),
+        ("mean_tpot_ms", False),
+        ("mean_ttft_ms", False),
+        ("p99_itl_ms", False),
+        ("median_e2el_ms", False),
+        ("failed", False),
+    ],
+)
+def test_direction_is_declared_once_per_metric(metric: str, higher: bool) -> None:
+    assert higher_is_better(metric) is higher
+
+
+def test_unknown_metric_has_no_silent_direction() -> None:
+    with pytest.raises(KeyError, match="no direction"):
+        higher_is_better("mystery")
+
+
+def test_throughput_drop_beyond_tolerance_and_significant_fails() -> None:
+    v = compare_metric("output_throughput", [100.0, 101.0, 99.0], [80.0, 81.0, 79.0], tolerance=0.05)
+    assert v.verdict == "FAIL"
+    assert v.change == pytest.approx(-0.2)
+    assert v.p_value is not None and v.p_value < 0.01
+
+
+def test_tpot_rise_fails_and_tpot_drop_passes() -> None:
+    assert compare_metric("mean_tpot_ms", [10.0, 10.1, 9.9], [12.0, 12.1, 11.9]).verdict == "FAIL"
+    assert compare_metric("mean_tpot_ms", [10.0, 10.1, 9.9], [8.0, 8.1, 7.9]).verdict == "PASS"
+
+
+def test_change_within_tolerance_passes() -> None:
+    v = compare_metric("output_throughput", [100.0, 100.5, 99.5], [97.0, 97.5, 96.5], tolerance=0.05)
+    assert v.verdict == "PASS"
+
+
+def test_beyond_tolerance_but_noisy_is_inconclusive() -> None:
+    v = compare_metric("output_throughput", [100.0, 60.0, 140.0], [90.0, 50.0, 130.0], tolerance=0.05)
+    assert v.verdict == "INCONCLUSIVE"
+    assert "not significant" in v.note
+
+
+def test_single_sample_side_uses_tolerance_only_and_says_so() -> None:
+    v = compare_metric("output_throughput", [100.0], [90.0, 91.0], tolerance=0.05)
+    assert v.verdict == "FAIL" and "tolerance only" in v.note
+    assert compare_metric("output_throughput", [100.0], [97.0], tolerance=0.05).verdict == "PASS"
+
+
+def test_identical_deterministic_samples_compare_without_nan() -> None:
+    assert compare_metric("output_throughput", [100.0] * 3, [100.0] * 3).verdict == "PASS"
+    v = compare_metric("output_throughput", [100.0] * 3, [80.0] * 3)
+    assert v.verdict == "FAIL" and v.p_value == 0.0
+
+
+def test_failed_requests_are_a_functional_failure() -> None:
+    v = compare_metric("failed", [0.0, 0.0], [0.0, 2.0])
+    assert v.verdict == "FAIL"
+    assert "functional failure" in format_failure([v])
+
+
+def test_large_improvement_reports_a_stale_baseline() -> None:
+    v = compare_metric("output_throughput", [100.0, 100.0], [130.0, 131.0], tolerance=0.05)
+    assert v.verdict == "PASS" and "stale" in v.note
+
+
+def test_missing_baseline_is_new() -> None:
+    rows = compare_samples(None, {"output_throughput": [1.0], "failed": [0.0]}, tolerances={})
+    assert overall_verdict(rows) == "NEW"
+
+
+def test_reported_metrics_never_fail_the_test() -> None:
+    base = {"output_throughput": [100.0, 100.0], "mean_ttft_ms": [10.0, 10.1], "failed": [0.0, 0.0]}
+    cur = {"output_throughput": [100.0, 100.0], "mean_ttft_ms": [50.0, 50.1], "failed": [0.0, 0.0]}
+    rows = compare_samples(base, cur, tolerances={})
+    ttft = next(r for r in rows if r.metric == "mean_ttft_ms")
+    assert not ttft.gated and ttft.verdict == "PASS" and "reported only" in ttft.note
+    assert overall_verdict(rows) == "PASS"
+
+
+def test_per_metric_tolerance_overrides_default() -> None:
+    base = {"output_throughput": [100.0, 100.0, 100.0]}
+    cur = {"output_throughput": [92.0, 92.0, 92.0]}
+    assert overall_verdict(compare_samples(base, cur, tolerances={})) == "FAIL"
+    assert overall_verdict(compare_samples(base, cur, tolerances={"output_throughput": 0.1})) == "PASS"
+
+
+def test_default_gated_metrics() -> None:
+    assert set(DEFAULT_GATED) == {"total_token_throughput", "output_throughput", "mean_tpot_ms", "failed"}
+
+
+def test_failure_message_is_compact_and_names_everything() -> None:
+    v = compare_metric("output_throughput", [100.0, 101.0, 99.0], [80.0, 81.0, 79.0], tolerance=0.05)
+    msg = format_failure([v])
+    assert msg.startswith("output_throughput: 100.00 -> 80.00 (-20.0%, tolerance 5%, p=")
+    assert msg.endswith("n=3/3)")
