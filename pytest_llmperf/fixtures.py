@@ -148,6 +148,7 @@ class PerfBench:
             num_warmups=workload.num_warmups,
             timeout_s=workload.timeout_s,
             stall_timeout_s=workload.stall_timeout_s,
+            prewarm_connections=True,
         )
 
     def run(self, repeats: int | None = None) -> PerfResult:

@@ -63,7 +63,9 @@ def test_signal_during_a_run_leaves_no_server_process(pytester: pytest.Pytester,
     log = Path(pytester.path) / "logs" / "forking.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--llmperf-log-dir", "logs", "-q"],
-        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         assert wait_for(lambda: log.exists() and "serving" in log.read_text(), 30), "server did not start"

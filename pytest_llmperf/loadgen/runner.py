@@ -45,6 +45,10 @@ class BenchSettings:
     num_warmups: int = 0
     timeout_s: float = 6 * 3600.0  # per request, as vLLM's ClientTimeout(total=6 h)
     stall_timeout_s: float | None = None  # no byte for this long: the stream has stalled
+    client_workers: int = 1
+    # open the connections before the clock starts, so TTFT measures the engine, not TCP set-up
+    # (vLLM's client starts with a cold pool; `llmperf bench serve --prewarm-connections` opts in)
+    prewarm_connections: bool = False
     percentiles: tuple[float, ...] = (99.0,)
     goodput: dict[str, float] | None = None
 
@@ -141,6 +145,11 @@ async def run_benchmark(
                 )
             )
 
+        if settings.prewarm_connections and requests:
+            n_conn = min(len(requests), settings.max_concurrency or len(requests))
+            health = settings.base_url.rstrip("/") + "/health"
+            await asyncio.gather(*(_prewarm(session, health) for _ in range(n_conn)))
+
         gc.collect()
         gc.freeze()
         offsets = arrival_offsets(len(requests), settings.request_rate, settings.burstiness, settings.seed)
@@ -182,6 +191,14 @@ async def run_benchmark(
     if duration > 0 and cpu / duration > CPU_WARN_FRACTION:
         warnings.append(f"client CPU at {100 * cpu / duration:.0f}% of one core: the client may be the bottleneck")
     return BenchmarkResult(settings, metrics, records, cpu, max_send_lag, loop_lag, warnings)
+
+
+async def _prewarm(session: aiohttp.ClientSession, url: str) -> None:
+    try:
+        async with session.get(url) as resp:
+            await resp.read()
+    except aiohttp.ClientError:
+        pass  # a server without /health still gets measured; only the warm pool is lost
 
 
 async def _bounded(semaphore: asyncio.Semaphore | None, coro: Any) -> Any:

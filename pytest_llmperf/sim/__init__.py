@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pytest_llmperf.sim.engine import PROFILES, Profile, SimEngine
-from pytest_llmperf.sim.server import SimServerOptions, build_app, main, parse_args
+from pytest_llmperf.sim.options import SimServerOptions, parse_args
+from pytest_llmperf.sim.server import SimServer, main, serve
 
-__all__ = ["PROFILES", "Profile", "SimEngine", "SimServerOptions", "build_app", "main", "parse_args"]
+__all__ = ["PROFILES", "Profile", "SimEngine", "SimServer", "SimServerOptions", "main", "parse_args", "serve"]

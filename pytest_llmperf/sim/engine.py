@@ -1,58 +1,106 @@
 """The simulated engine's core: an iteration-level (continuous batching) scheduler with modelled step times.
 
-Each step serves every running request in decode with one token, and spends the rest of a
-per-step token budget on (chunked) prefill of newly admitted requests, up to a cap on running
-sequences. The step's duration is modelled from the profile; the loop keeps an absolute clock
-so that a run's modelled throughput does not drift with the host's scheduling noise.
+Each step, like vLLM's V1 scheduler:
 
-The ``deterministic`` profile bypasses batching: every request gets its first token ``ttft``
-after arrival and then one token every ``itl``, whatever the load. It is the known truth
-against which the load generator is checked.
+1. every running request in decode gets one token (one unit of the per-step token budget);
+2. running requests still in (chunked) prefill get the rest of the budget, in arrival order;
+3. waiting requests are admitted while the budget, the cap on running sequences and the free
+   KV-cache blocks allow;
+4. a decode that needs a new KV block when none is free preempts the newest running request,
+   which frees its blocks and goes back to the front of the queue to be recomputed (prompt and
+   tokens generated so far) — the client sees a pause, never a lost request or a repeated token.
+
+The step's duration comes from the :class:`Profile`; the loop keeps an absolute clock, so a run's
+modelled throughput does not drift with the host's scheduling noise. Tokens are handed to the HTTP
+layer through a callback, with no queue or task per token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 __all__ = ["PROFILES", "EngineStats", "Profile", "SimEngine", "SimRequest"]
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Step-time model: overhead + decode seqs + prefill tokens + context held, in seconds."""
+    """Step-time model: ``overhead + weights(batch) + decode seqs + prefill tokens + context held``.
+
+    ``weights(batch)`` models a mixture-of-experts weight stream: the non-routed part plus the
+    routed experts touched by the batch, ``routed_full_s * (1 - (1 - topk/experts) ** batch)``.
+    Dense profiles leave it at 0.
+    """
 
     name: str
+    description: str
     step_overhead_s: float
     decode_per_seq_s: float
     prefill_per_token_s: float
     context_per_token_s: float
     max_num_seqs: int
     max_num_batched_tokens: int
+    kv_capacity_tokens: int
+    block_size: int = 16
+    nonrouted_weights_s: float = 0.0
+    routed_full_s: float = 0.0
+    experts: int = 256
+    topk: int = 8
 
-    def step_time(self, n_decode: int, n_prefill_tokens: int, context_tokens: int) -> float:
-        return (
+    def step_time(self, batch: int, n_decode: int, n_prefill_tokens: int, context_tokens: int) -> float:
+        t = (
             self.step_overhead_s
             + self.decode_per_seq_s * n_decode
             + self.prefill_per_token_s * n_prefill_tokens
             + self.context_per_token_s * context_tokens
         )
+        if self.routed_full_s and batch:
+            t += self.nonrouted_weights_s + self.routed_full_s * (1.0 - (1.0 - self.topk / self.experts) ** batch)
+        return t
+
+
+def _h200(engine: str, overhead_s: float, max_num_seqs: int, batched: int) -> Profile:
+    # DeepSeek-V3.2 (671 B MoE, FP8) on one 8xH200 node, from the roofline in
+    # ../shared/reference/simulators-and-h200-model.md (b.4): ~84 GB/GPU of routed experts streamed
+    # per step at large batch (~22 ms at 80 % of 4.8 TB/s), ~2 GB/GPU non-routed (~0.5 ms),
+    # ~13 us per prompt token (75k prompt tok/s per node), a few ns per context token (DSA caps the
+    # main attention at 2048 keys; the indexer reads all). A model, not a measurement.
+    return Profile(
+        name=f"h200-{engine}",
+        description=f"DeepSeek-V3.2 on 8xH200 ({engine}-shaped overheads); an analytic model, not a measurement",
+        step_overhead_s=overhead_s,
+        decode_per_seq_s=0.000005,
+        prefill_per_token_s=0.0000133,
+        context_per_token_s=0.000000004,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=batched,
+        kv_capacity_tokens=700_000,
+        nonrouted_weights_s=0.0005,
+        routed_full_s=0.022,
+    )
 
 
 PROFILES: dict[str, Profile] = {
-    # Fast, engine-shaped, and light on the host: ~8 ms steps at small batch, so a suite on
-    # 2 CPU cores keeps the simulator and the client well below saturation.
+    # Fast, engine-shaped and light on the host: ~8 ms steps at small batch, so a suite on 2 CPU
+    # cores keeps the simulator and the client well below saturation.
     "cpu-small": Profile(
         name="cpu-small",
+        description="small dense model on a fast accelerator: ~8 ms steps, +0.15 ms per running sequence",
         step_overhead_s=0.008,
         decode_per_seq_s=0.00015,
         prefill_per_token_s=0.000004,
         context_per_token_s=0.00000002,
         max_num_seqs=256,
         max_num_batched_tokens=8192,
+        kv_capacity_tokens=1_000_000,
     ),
+    "h200-vllm": _h200("vllm", 0.006, 1024, 8192),
+    "h200-sglang": _h200("sglang", 0.005, 1024, 16384),
+    "h200-trtllm": _h200("trtllm", 0.0045, 2048, 8192),
 }
 
 
@@ -63,6 +111,7 @@ class EngineStats:
     prompt_tokens_total: int
     generation_tokens_total: int
     requests_finished_total: int
+    preemptions_total: int
     kv_cache_usage: float
 
 
@@ -71,14 +120,21 @@ class SimRequest:
     prompt_tokens: int
     max_tokens: int
     arrival: float
-    prefilled: int = 0
+    on_token: Callable[[int], None]  # called with the number of tokens generated so far
+    prefilled: int = 0  # tokens of (prompt + recomputed output) already in the KV cache
     generated: int = 0
+    blocks: int = 0
     aborted: bool = False
-    tokens: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
+    preempted: int = 0
+
+    @property
+    def to_prefill(self) -> int:
+        """Tokens that must be in the cache before the next token: the prompt, plus output after a preemption."""
+        return self.prompt_tokens + (self.generated if self.preempted else 0)
 
     @property
     def in_decode(self) -> bool:
-        return self.prefilled >= self.prompt_tokens
+        return self.prefilled >= self.to_prefill
 
 
 class SimEngine:
@@ -91,18 +147,25 @@ class SimEngine:
         slowdown: float = 1.0,
         max_num_seqs: int | None = None,
         max_num_batched_tokens: int | None = None,
-        kv_capacity_tokens: int = 4_000_000,
+        kv_capacity_tokens: int | None = None,
+        jitter: float = 0.0,
+        seed: int = 0,
     ) -> None:
         self.profile = profile
         self.slowdown = slowdown
         self.max_num_seqs = max_num_seqs or profile.max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens or profile.max_num_batched_tokens
-        self.kv_capacity_tokens = kv_capacity_tokens
+        self.block_size = profile.block_size
+        self.num_blocks = max(1, (kv_capacity_tokens or profile.kv_capacity_tokens) // self.block_size)
+        self.free_blocks = self.num_blocks
+        self.jitter = jitter
+        self._rng = random.Random(seed)
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.requests_finished_total = 0
+        self.preemptions_total = 0
         self.steps_total = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -116,59 +179,124 @@ class SimEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def submit(self, prompt_tokens: int, max_tokens: int) -> SimRequest:
-        req = SimRequest(max(1, prompt_tokens), max(1, max_tokens), asyncio.get_running_loop().time())
+    def submit(self, prompt_tokens: int, max_tokens: int, on_token: Callable[[int], None]) -> SimRequest:
+        req = SimRequest(max(1, prompt_tokens), max(1, max_tokens), asyncio.get_running_loop().time(), on_token)
         self.waiting.append(req)
         self.prompt_tokens_total += req.prompt_tokens
         self._wake.set()
         return req
 
     def stats(self) -> EngineStats:
-        held = sum(r.prefilled + r.generated for r in self.running)
         return EngineStats(
             running=len(self.running),
             waiting=len(self.waiting),
             prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.generation_tokens_total,
             requests_finished_total=self.requests_finished_total,
-            kv_cache_usage=min(1.0, held / self.kv_capacity_tokens),
+            preemptions_total=self.preemptions_total,
+            kv_cache_usage=1.0 - self.free_blocks / self.num_blocks,
         )
 
-    def _schedule(self) -> tuple[list[SimRequest], list[tuple[SimRequest, int]], int]:
-        """Choose this step's work: decodes, prefill chunks, and the context held."""
+    # --- KV cache ---------------------------------------------------------------------------------
+
+    def _blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+    def _grow(self, r: SimRequest, tokens: int) -> bool:
+        need = self._blocks_for(tokens) - r.blocks
+        if need <= 0:
+            return True
+        if need > self.free_blocks:
+            return False
+        self.free_blocks -= need
+        r.blocks += need
+        return True
+
+    def _release(self, r: SimRequest) -> None:
+        self.free_blocks += r.blocks
+        r.blocks = 0
+
+    def _preempt_newest(self) -> SimRequest | None:
+        victim = self.running.pop() if self.running else None
+        if victim is not None:
+            self._release(victim)
+            victim.prefilled = 0
+            victim.preempted += 1
+            self.preemptions_total += 1
+            self.waiting.appendleft(victim)
+        return victim
+
+    # --- scheduling -------------------------------------------------------------------------------
+
+    def _schedule(self) -> tuple[list[SimRequest], list[tuple[SimRequest, int]]]:
+        """Choose this step's work: the decodes, and (request, chunk) prefill pieces."""
+        for r in self.running:
+            if r.aborted:
+                self._release(r)
         self.running = [r for r in self.running if not r.aborted]
-        decode = [r for r in self.running if r.in_decode]
+        decode: list[SimRequest] = []
+        i = 0
+        while i < len(self.running):
+            r = self.running[i]
+            if r.in_decode:
+                # the next token's KV slot; preempt the newest request until it fits
+                fits = self._grow(r, r.prefilled + 1)
+                while not fits:
+                    victim = self._preempt_newest()
+                    if victim is None or victim is r:
+                        break  # r itself was the newest: it is back in the queue, and the loop ends
+                    fits = self._grow(r, r.prefilled + 1)
+                if not fits:
+                    continue
+                decode.append(r)
+            i += 1
         budget = self.max_num_batched_tokens - len(decode)
         prefill: list[tuple[SimRequest, int]] = []
         for r in self.running:
             if budget <= 0:
                 break
             if not r.in_decode:
-                chunk = min(r.prompt_tokens - r.prefilled, budget)
+                chunk = min(r.to_prefill - r.prefilled, budget)
+                if not self._grow(r, r.prefilled + chunk):
+                    break
                 prefill.append((r, chunk))
                 budget -= chunk
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            r = self.waiting.popleft()
+            r = self.waiting[0]
             if r.aborted:
+                self.waiting.popleft()
                 continue
+            chunk = min(r.to_prefill, budget)
+            # admit only with room for the whole prompt (vLLM's watermark, simplified)
+            if self._blocks_for(r.to_prefill + 1) > self.free_blocks:
+                break
+            self.waiting.popleft()
+            self._grow(r, chunk)
             self.running.append(r)
-            chunk = min(r.prompt_tokens, budget)
             prefill.append((r, chunk))
             budget -= chunk
-        context = sum(r.prefilled + r.generated for r in self.running)
-        return decode, prefill, context
+        return decode, prefill
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         clock = loop.time()
+        profile = self.profile
         while True:
             if not self.running and not self.waiting:
                 self._wake.clear()
                 await self._wake.wait()
                 clock = loop.time()
-            decode, prefill, context = self._schedule()
+            decode, prefill = self._schedule()
+            if not decode and not prefill:
+                # nothing fits (every request waits for blocks held by aborted ones): yield and retry
+                await asyncio.sleep(0.001)
+                clock = loop.time()
+                continue
             n_prefill = sum(chunk for _, chunk in prefill)
-            step = self.profile.step_time(len(decode), n_prefill, context) * self.slowdown
+            context = sum(r.prefilled for r in self.running)
+            step = profile.step_time(len(decode) + len(prefill), len(decode), n_prefill, context) * self.slowdown
+            if self.jitter:
+                step *= max(0.0, self._rng.gauss(1.0, self.jitter))
             clock += step
             delay = clock - loop.time()
             if delay > 0:
@@ -176,19 +304,30 @@ class SimEngine:
             elif delay < -0.05:  # fell far behind (host stall): do not burst to catch up
                 clock = loop.time()
             self.steps_total += 1
+            produced = 0
             for r in decode:
+                if r.aborted:
+                    continue
+                r.prefilled += 1
                 r.generated += 1
-                r.tokens.put_nowait(1)
+                produced += 1
+                r.on_token(r.generated)
             for r, chunk in prefill:
+                if r.aborted:
+                    continue
                 r.prefilled += chunk
                 if r.in_decode:
+                    if r.preempted:
+                        r.prefilled = r.to_prefill
                     r.generated += 1
-                    r.tokens.put_nowait(1)
-            self.generation_tokens_total += len(decode) + sum(1 for r, _ in prefill if r.in_decode)
+                    produced += 1
+                    r.on_token(r.generated)
+            self.generation_tokens_total += produced
             still: list[SimRequest] = []
             for r in self.running:
-                if r.generated >= r.max_tokens:
-                    self.requests_finished_total += 1
+                if r.generated >= r.max_tokens or r.aborted:
+                    self._release(r)
+                    self.requests_finished_total += not r.aborted
                 else:
                     still.append(r)
             self.running = still

@@ -1,12 +1,13 @@
 """The simulated engine's HTTP server: the OpenAI API as vLLM serves it.
 
 Endpoints: ``/v1/chat/completions`` and ``/v1/completions`` (streaming and not), ``/v1/models``,
-``/health``, ``/version``, ``/tokenize``, ``/detokenize`` and ``/metrics`` (Prometheus text, vLLM names).
+``/health``, ``/version``, ``/tokenize``, ``/detokenize`` and ``/metrics`` (Prometheus text with
+vLLM's names, histograms included). Tokens are written to the connection straight from the
+engine's step (or, in the deterministic profile, from a timer at each token's scheduled time).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -17,329 +18,26 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
-
-from aiohttp import web
 
 from pytest_llmperf import __version__
 from pytest_llmperf.sim.engine import PROFILES, SimEngine, SimRequest
+from pytest_llmperf.sim.http import HttpConnection, Request
+from pytest_llmperf.sim.metrics import Histogram, render_metrics
+from pytest_llmperf.sim.options import SimServerOptions, parse_args
 from pytest_llmperf.tokenizer import SimTokenizer
 
-__all__ = ["SimServerOptions", "build_app", "main", "parse_args"]
+__all__ = ["SimServer", "main", "serve"]
 
 CHAT_TEMPLATE_TOKENS_PER_MESSAGE = 3  # role markers and separators, as a chat template adds
 CHAT_TEMPLATE_TOKENS_FIXED = 1  # the generation prompt
+LATE_THRESHOLD_S = 0.005
+_DONE = b"data: [DONE]\n\n"
+_MALFORMED = b'data: {"choices": [{"delta": \n\n'
 
 
-@dataclass(frozen=True)
-class SimServerOptions:
-    host: str
-    port: int
-    model: str
-    served_model_name: str
-    profile: str
-    ttft_ms: float
-    itl_ms: float
-    slowdown: float
-    seed: int
-    max_num_seqs: int | None
-    max_num_batched_tokens: int | None
-    max_model_len: int
-    startup_delay_s: float
-    fail_at_startup: str | None
-    fail_exit_code: int
-    spawn_children: int
-    crash_after: int | None = None
-    stall_after: int | None = None
-    error_rate: float = 0.0
-    malformed_rate: float = 0.0
-    reset_rate: float = 0.0
-
-
-def _error(status: int, message: str, kind: str) -> web.Response:
-    body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
-    return web.json_response(body, status=status)
-
-
-class SimServer:
-    def __init__(self, opts: SimServerOptions) -> None:
-        self.opts = opts
-        self.tokenizer = SimTokenizer()
-        self.engine: SimEngine | None = None
-        self.deterministic = opts.profile == "deterministic"
-        self.created = int(time.time())
-        self.requests_total = 0
-        self.faults = random.Random(opts.seed)
-        # counters of the deterministic profile, which bypasses the engine
-        self._det_running = 0
-        self._det_prompt = 0
-        self._det_gen = 0
-        self._det_done = 0
-
-    async def on_startup(self, app: web.Application) -> None:
-        if not self.deterministic:
-            self.engine = SimEngine(
-                PROFILES[self.opts.profile],
-                slowdown=self.opts.slowdown,
-                max_num_seqs=self.opts.max_num_seqs,
-                max_num_batched_tokens=self.opts.max_num_batched_tokens,
-            )
-            self.engine.start()
-
-    async def on_cleanup(self, app: web.Application) -> None:
-        if self.engine is not None:
-            await self.engine.stop()
-
-    # --- control plane ---------------------------------------------------------------------------
-
-    async def health(self, request: web.Request) -> web.Response:
-        return web.Response(status=200)
-
-    async def version(self, request: web.Request) -> web.Response:
-        return web.json_response({"version": f"llmperf-sim-{__version__}"})
-
-    async def models(self, request: web.Request) -> web.Response:
-        card = {
-            "id": self.opts.served_model_name,
-            "object": "model",
-            "created": self.created,
-            "owned_by": "llmperf-sim",
-            "root": self.opts.model,
-            "parent": None,
-            "max_model_len": self.opts.max_model_len,
-        }
-        return web.json_response({"object": "list", "data": [card]})
-
-    async def tokenize(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        if "messages" in body:
-            ids = self.tokenizer.encode(" ".join(_message_text(m) for m in body["messages"]))
-        else:
-            ids = self.tokenizer.encode(str(body.get("prompt", "")))
-        return web.json_response({"count": len(ids), "max_model_len": self.opts.max_model_len, "tokens": ids})
-
-    async def detokenize(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        return web.json_response({"prompt": self.tokenizer.decode(body.get("tokens", []))})
-
-    async def metrics(self, request: web.Request) -> web.Response:
-        label = f'{{model_name="{self.opts.served_model_name}"}}'
-        if self.engine is not None:
-            s = self.engine.stats()
-            running, waiting, kv = s.running, s.waiting, s.kv_cache_usage
-            prompt, gen, done = s.prompt_tokens_total, s.generation_tokens_total, s.requests_finished_total
-        else:
-            running, waiting, kv = self._det_running, 0, 0.0
-            prompt, gen, done = self._det_prompt, self._det_gen, self._det_done
-        lines = [
-            "# HELP vllm:num_requests_running Number of requests in model execution batches.",
-            "# TYPE vllm:num_requests_running gauge",
-            f"vllm:num_requests_running{label} {float(running)}",
-            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
-            "# TYPE vllm:num_requests_waiting gauge",
-            f"vllm:num_requests_waiting{label} {float(waiting)}",
-            "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.",
-            "# TYPE vllm:kv_cache_usage_perc gauge",
-            f"vllm:kv_cache_usage_perc{label} {kv}",
-            "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.",
-            "# TYPE vllm:prompt_tokens_total counter",
-            f"vllm:prompt_tokens_total{label} {float(prompt)}",
-            "# HELP vllm:generation_tokens_total Number of generation tokens processed.",
-            "# TYPE vllm:generation_tokens_total counter",
-            f"vllm:generation_tokens_total{label} {float(gen)}",
-            "# HELP vllm:request_success_total Count of successfully processed requests.",
-            "# TYPE vllm:request_success_total counter",
-            f"vllm:request_success_total{label} {float(done)}",
-        ]
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
-
-    # --- generation ------------------------------------------------------------------------------
-
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, chat=True)
-
-    async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, chat=False)
-
-    async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            return _error(400, "request body is not valid JSON", "BadRequestError")
-        if not isinstance(body, dict):
-            return _error(400, "request body must be a JSON object", "BadRequestError")
-        model = body.get("model", self.opts.served_model_name)
-        if model != self.opts.served_model_name:
-            return _error(404, f"The model `{model}` does not exist.", "NotFoundError")
-        if chat:
-            messages = body.get("messages")
-            if not isinstance(messages, list) or not messages:
-                return _error(400, "'messages' must be a non-empty list", "BadRequestError")
-            prompt_tokens = CHAT_TEMPLATE_TOKENS_FIXED + sum(
-                CHAT_TEMPLATE_TOKENS_PER_MESSAGE + self.tokenizer.count(_message_text(m)) for m in messages
-            )
-            max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        else:
-            prompt = body.get("prompt")
-            if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
-                prompt_tokens = len(prompt)
-            elif isinstance(prompt, str):
-                prompt_tokens = self.tokenizer.count(prompt)
-            else:
-                return _error(400, "'prompt' must be a string or a list of token ids", "BadRequestError")
-            max_tokens = body.get("max_tokens", 16)
-        prompt_tokens = max(1, prompt_tokens)
-        if max_tokens is None:
-            max_tokens = self.opts.max_model_len - prompt_tokens
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            return _error(400, f"max_tokens must be a positive integer, got {max_tokens!r}", "BadRequestError")
-        if prompt_tokens + max_tokens > self.opts.max_model_len:
-            return _error(
-                400,
-                f"This model's maximum context length is {self.opts.max_model_len} tokens. However, you "
-                f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, "
-                f"{max_tokens} in the completion). Please reduce the length of the messages or completion.",
-                "BadRequestError",
-            )
-        self.requests_total += 1
-        n = self.requests_total
-        if self.opts.crash_after is not None and n > self.opts.crash_after:
-            print(f"llmperf sim: crashing on request {n} (--crash-after {self.opts.crash_after})", flush=True)
-            os._exit(3)
-        if self.opts.error_rate and self.faults.random() < self.opts.error_rate:
-            return _error(500, "simulated internal server error (--error-rate)", "InternalServerError")
-        stream = bool(body.get("stream", False))
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        if stream:
-            return await self._stream(request, rid, chat, prompt_tokens, max_tokens, include_usage)
-        return await self._complete(rid, chat, prompt_tokens, max_tokens)
-
-    async def _tokens(self, prompt_tokens: int, max_tokens: int) -> Any:
-        """Yield once per generated token, at the time the modelled engine produces it."""
-        if self.engine is not None:
-            req: SimRequest = self.engine.submit(prompt_tokens, max_tokens)
-            produced = 0
-            try:
-                while produced < max_tokens:
-                    produced += await req.tokens.get()
-                    yield produced
-            finally:
-                req.aborted = produced < max_tokens
-            return
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        scale = self.opts.slowdown / 1000.0  # --slowdown applies to the deterministic schedule too
-        ttft, itl = self.opts.ttft_ms * scale, self.opts.itl_ms * scale
-        self._det_running += 1
-        self._det_prompt += prompt_tokens
-        try:
-            for i in range(max_tokens):
-                delay = t0 + ttft + i * itl - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                self._det_gen += 1
-                yield i + 1
-            self._det_done += 1
-        finally:
-            self._det_running -= 1
-
-    async def _stream(
-        self, request: web.Request, rid: str, chat: bool, prompt_tokens: int, max_tokens: int, include_usage: bool
-    ) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
-        head = json.dumps(self.opts.served_model_name)
-        if chat:
-            prefix = (
-                f'data: {{"id":"{rid}","object":"chat.completion.chunk","created":{int(time.time())},'
-                f'"model":{head},"choices":[{{"index":0,"delta":{{'
-            )
-            role = (prefix + '"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n').encode()
-            mid = prefix + '"content":"'
-            tail = '"},"logprobs":null,"finish_reason":null}]}\n\n'
-            last_tail = '"},"logprobs":null,"finish_reason":"length"}]}\n\n'
-        else:
-            prefix = (
-                f'data: {{"id":"{rid}","object":"text_completion","created":{int(time.time())},'
-                f'"model":{head},"choices":[{{"index":0,'
-            )
-            role = b""
-            mid = prefix + '"text":"'
-            tail = '","logprobs":null,"finish_reason":null,"stop_reason":null}],"usage":null}\n\n'
-            last_tail = '","logprobs":null,"finish_reason":"length","stop_reason":null}],"usage":null}\n\n'
-        word = self.tokenizer.word
-        first = True
-        stall = self.opts.stall_after is not None and self.requests_total > self.opts.stall_after
-        malformed_at = max_tokens // 2 + 1 if self.faults.random() < self.opts.malformed_rate else -1
-        reset_at = max_tokens // 2 + 1 if self.faults.random() < self.opts.reset_rate else -1
-        async for n in self._tokens(prompt_tokens, max_tokens):
-            piece = mid + " " + word(n) + (last_tail if n == max_tokens else tail)
-            data = piece.encode()
-            if first:
-                data = role + data
-                first = False
-            if n == malformed_at:
-                data = b'data: {"choices": [{"delta": \n\n'
-            await resp.write(data)
-            if n == reset_at and request.transport is not None:
-                request.transport.abort()  # drop the connection mid-stream
-                return resp
-            if stall:
-                await asyncio.Event().wait()  # stop streaming; holds until the client gives up
-        if include_usage:
-            usage = {
-                "prompt_tokens": prompt_tokens,
-                "total_tokens": prompt_tokens + max_tokens,
-                "completion_tokens": max_tokens,
-            }
-            obj = "chat.completion.chunk" if chat else "text_completion"
-            chunk = {
-                "id": rid,
-                "object": obj,
-                "created": int(time.time()),
-                "model": self.opts.served_model_name,
-                "choices": [],
-                "usage": usage,
-            }
-            await resp.write(f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode())
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-        return resp
-
-    async def _complete(self, rid: str, chat: bool, prompt_tokens: int, max_tokens: int) -> web.Response:
-        words: list[str] = []
-        async for n in self._tokens(prompt_tokens, max_tokens):
-            words.append(self.tokenizer.word(n))
-        text = " " + " ".join(words)
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "total_tokens": prompt_tokens + max_tokens,
-            "completion_tokens": max_tokens,
-        }
-        choice: dict[str, Any]
-        if chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": "length",
-            }
-            obj = "chat.completion"
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length", "stop_reason": None}
-            obj = "text_completion"
-        return web.json_response(
-            {
-                "id": rid,
-                "object": obj,
-                "created": int(time.time()),
-                "model": self.opts.served_model_name,
-                "choices": [choice],
-                "usage": usage,
-            }
-        )
+def _error(status: int, message: str, kind: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
 
 
 def _message_text(message: Any) -> str:
@@ -351,109 +49,394 @@ def _message_text(message: Any) -> str:
     return ""
 
 
-def build_app(opts: SimServerOptions) -> web.Application:
-    server = SimServer(opts)
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.on_startup.append(server.on_startup)
-    app.on_cleanup.append(server.on_cleanup)
-    app.router.add_get("/health", server.health)
-    app.router.add_get("/version", server.version)
-    app.router.add_get("/v1/models", server.models)
-    app.router.add_get("/metrics", server.metrics)
-    app.router.add_post("/tokenize", server.tokenize)
-    app.router.add_post("/detokenize", server.detokenize)
-    app.router.add_post("/v1/chat/completions", server.chat)
-    app.router.add_post("/v1/completions", server.completions)
-    return app
+class Generation:
+    """One generation request: turns token callbacks into SSE chunks (or one JSON body)."""
+
+    def __init__(
+        self,
+        server: SimServer,
+        conn: HttpConnection,
+        *,
+        chat: bool,
+        prompt_tokens: int,
+        max_tokens: int,
+        stream: bool,
+        include_usage: bool,
+    ) -> None:
+        self.server = server
+        self.conn = conn
+        self.chat = chat
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.stream = stream
+        self.include_usage = include_usage
+        self.rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.arrival = server.loop.time()
+        self.last = self.arrival
+        self.done = False
+        self.engine_req: SimRequest | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        opts = server.opts
+        faults = server.faults
+        self.stall = opts.stall_after is not None and server.requests_total > opts.stall_after
+        half = max_tokens // 2 + 1
+        self.malformed_at = half if opts.malformed_rate and faults.random() < opts.malformed_rate else -1
+        self.reset_at = half if opts.reset_rate and faults.random() < opts.reset_rate else -1
+        model = json.dumps(opts.served_model_name)
+        if chat:
+            prefix = (
+                f'data: {{"id":"{self.rid}","object":"chat.completion.chunk","created":{self.created},'
+                f'"model":{model},"choices":[{{"index":0,"delta":{{'
+            )
+            self.role = (
+                prefix + '"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n'
+            ).encode()
+            self.mid = (prefix + '"content":"').encode()
+            self.tail = b'"},"logprobs":null,"finish_reason":null}]}\n\n'
+            self.last_tail = b'"},"logprobs":null,"finish_reason":"length"}]}\n\n'
+        else:
+            prefix = (
+                f'data: {{"id":"{self.rid}","object":"text_completion","created":{self.created},'
+                f'"model":{model},"choices":[{{"index":0,'
+            )
+            self.role = b""
+            self.mid = (prefix + '"text":"').encode()
+            self.tail = b'","logprobs":null,"finish_reason":null,"stop_reason":null}],"usage":null}\n\n'
+            self.last_tail = b'","logprobs":null,"finish_reason":"length","stop_reason":null}],"usage":null}\n\n'
+        conn.on_close = self.cancel
+
+    def start(self) -> None:
+        if self.stream:
+            self.conn.start_stream()
+        self.server.running_generations += 1
+        if self.server.engine is not None:
+            self.engine_req = self.server.engine.submit(self.prompt_tokens, self.max_tokens, self.on_token)
+        else:
+            self._schedule_det(1)
+
+    # deterministic profile: token n is due at arrival + ttft + (n - 1) * itl, whatever the load
+    def _schedule_det(self, n: int) -> None:
+        s = self.server
+        due = self.arrival + s.det_ttft + (n - 1) * s.det_itl
+        self.timer = s.loop.call_at(due, self._det_emit, n, due)
+
+    def _det_emit(self, n: int, due: float) -> None:
+        s = self.server
+        late = s.loop.time() - due
+        s.tokens_scheduled += 1
+        if late > s.max_lateness:
+            s.max_lateness = late
+        if late > LATE_THRESHOLD_S:
+            s.late_tokens += 1
+        s.det_generation_tokens += 1
+        self.on_token(n)
+        if not self.done and n < self.max_tokens and not (self.stall and n >= 1):
+            self._schedule_det(n + 1)
+
+    def on_token(self, n: int) -> None:
+        if self.done:
+            return
+        s = self.server
+        now = s.loop.time()
+        if n == 1:
+            s.h_ttft.observe(now - self.arrival)
+        else:
+            s.h_itl.observe(now - self.last)
+        self.last = now
+        s.last_token = now
+        if self.stream:
+            data = (
+                self.mid + s.word_bytes[n % len(s.word_bytes)] + (self.last_tail if n >= self.max_tokens else self.tail)
+            )
+            if n == 1 and self.role:
+                data = self.role + data
+            if n == self.malformed_at:
+                data = _MALFORMED
+            self.conn.write_chunk(data)
+            if n == self.reset_at:
+                self.cancel()
+                self.conn.abort()
+                return
+        if self.stall and n >= 1:
+            # stop streaming: the engine forgets the request, the connection stays open and silent
+            if self.engine_req is not None:
+                self.engine_req.aborted = True
+            self.done = True
+            s.running_generations -= 1
+            return
+        if n >= self.max_tokens:
+            self.finish()
+
+    def finish(self) -> None:
+        s = self.server
+        self.done = True
+        s.running_generations -= 1
+        s.requests_success += 1
+        s.h_e2e.observe(s.loop.time() - self.arrival)
+        usage = {
+            "prompt_tokens": self.prompt_tokens,
+            "total_tokens": self.prompt_tokens + self.max_tokens,
+            "completion_tokens": self.max_tokens,
+        }
+        if self.stream:
+            tail = b""
+            if self.include_usage:
+                obj = "chat.completion.chunk" if self.chat else "text_completion"
+                chunk = {
+                    "id": self.rid,
+                    "object": obj,
+                    "created": self.created,
+                    "model": s.opts.served_model_name,
+                    "choices": [],
+                    "usage": usage,
+                }
+                tail = b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+            self.conn.write_chunk(tail + _DONE)
+            self.conn.end_stream()
+            return
+        text = "".join(s.word_bytes[i % len(s.word_bytes)].decode() for i in range(1, self.max_tokens + 1))
+        if self.chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": "length",
+            }
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length", "stop_reason": None}
+            obj = "text_completion"
+        self.conn.send_json(
+            200,
+            {
+                "id": self.rid,
+                "object": obj,
+                "created": self.created,
+                "model": s.opts.served_model_name,
+                "choices": [choice],
+                "usage": usage,
+            },
+        )
+
+    def cancel(self) -> None:
+        """The client went away: forget the request."""
+        if self.done:
+            return
+        self.done = True
+        self.server.running_generations -= 1
+        if self.engine_req is not None:
+            self.engine_req.aborted = True
+        if self.timer is not None:
+            self.timer.cancel()
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[SimServerOptions, list[str]]:
-    p = argparse.ArgumentParser(
-        prog="llmperf sim serve",
-        description="The simulated LLM serving engine of pytest-llmperf (OpenAI API as vLLM serves it).",
-    )
-    p.add_argument("--model", default=None)
-    p.add_argument("--served-model-name", default=None)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--profile", choices=[*sorted(PROFILES), "deterministic"], default="cpu-small")
-    p.add_argument("--ttft-ms", type=float, default=50.0, help="deterministic profile: time to first token")
-    p.add_argument("--itl-ms", type=float, default=50.0, help="deterministic profile: inter-token latency")
-    p.add_argument("--slowdown", type=float, default=1.0, help="multiply every step time (prove the gate)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-num-seqs", type=int, default=None)
-    p.add_argument("--max-num-batched-tokens", type=int, default=None)
-    p.add_argument("--max-model-len", type=int, default=32768)
-    p.add_argument("--startup-delay", type=float, default=0.0, help="fault: seconds before the port answers")
-    p.add_argument("--fail-at-startup", default=None, metavar="MESSAGE", help="fault: print MESSAGE and exit")
-    p.add_argument("--fail-exit-code", type=int, default=1)
-    p.add_argument("--spawn-children", type=int, default=0, help="fault: start N child processes")
-    p.add_argument(
-        "--crash-after",
-        type=int,
-        default=None,
-        metavar="N",
-        help="fault: exit when request N+1 arrives (the readiness probe counts; 0: die on the first)",
-    )
-    p.add_argument(
-        "--stall-after",
-        type=int,
-        default=None,
-        metavar="N",
-        help="fault: requests after the N-th stop streaming after their first token",
-    )
-    p.add_argument("--error-rate", type=float, default=0.0, metavar="F", help="fault: HTTP 500 for a fraction F")
-    p.add_argument(
-        "--malformed-rate",
-        type=float,
-        default=0.0,
-        metavar="F",
-        help="fault: a fraction F of streams carry one malformed SSE message",
-    )
-    p.add_argument(
-        "--reset-rate",
-        type=float,
-        default=0.0,
-        metavar="F",
-        help="fault: a fraction F of streams have their connection reset mid-stream",
-    )
-    args = list(sys.argv[1:] if argv is None else argv)
-    model_tag = None
-    if args and not args[0].startswith("-"):  # `vllm serve MODEL ...` style
-        model_tag = args.pop(0)
-    ns, unknown = p.parse_known_args(args)
-    if ns.slowdown <= 0:
-        p.error("--slowdown must be positive")
-    model = ns.model or model_tag or "llmperf-sim"
-    opts = SimServerOptions(
-        host=ns.host,
-        port=ns.port,
-        model=model,
-        served_model_name=ns.served_model_name or model,
-        profile=ns.profile,
-        ttft_ms=ns.ttft_ms,
-        itl_ms=ns.itl_ms,
-        slowdown=ns.slowdown,
-        seed=ns.seed,
-        max_num_seqs=ns.max_num_seqs,
-        max_num_batched_tokens=ns.max_num_batched_tokens,
-        max_model_len=ns.max_model_len,
-        startup_delay_s=ns.startup_delay,
-        fail_at_startup=ns.fail_at_startup,
-        fail_exit_code=ns.fail_exit_code,
-        spawn_children=ns.spawn_children,
-        crash_after=ns.crash_after,
-        stall_after=ns.stall_after,
-        error_rate=ns.error_rate,
-        malformed_rate=ns.malformed_rate,
-        reset_rate=ns.reset_rate,
-    )
-    return opts, unknown
+class SimServer:
+    def __init__(self, opts: SimServerOptions, loop: asyncio.AbstractEventLoop) -> None:
+        self.opts = opts
+        self.loop = loop
+        self.tokenizer = SimTokenizer()
+        self.word_bytes = [(" " + self.tokenizer.word(i)).encode() for i in range(self.tokenizer.vocab_size)]
+        self.engine: SimEngine | None = None
+        if opts.profile != "deterministic":
+            self.engine = SimEngine(
+                PROFILES[opts.profile],
+                slowdown=opts.slowdown,
+                max_num_seqs=opts.max_num_seqs,
+                max_num_batched_tokens=opts.max_num_batched_tokens,
+                kv_capacity_tokens=opts.kv_cache_tokens,
+                jitter=opts.jitter,
+                seed=opts.seed,
+            )
+        self.det_ttft = opts.ttft_ms * opts.slowdown / 1000.0
+        self.det_itl = opts.itl_ms * opts.slowdown / 1000.0
+        self.faults = random.Random(opts.seed)
+        self.created = int(time.time())
+        self.requests_total = 0
+        self.requests_success = 0
+        self.running_generations = 0
+        self.det_prompt_tokens = 0
+        self.det_generation_tokens = 0
+        self.tokens_scheduled = 0
+        self.late_tokens = 0
+        self.max_lateness = 0.0
+        self.first_arrival = 0.0  # loop time of the first generation request
+        self.last_token = 0.0  # loop time of the last token written
+        self.h_ttft = Histogram("vllm:time_to_first_token_seconds", Histogram.TTFT_BUCKETS)
+        self.h_itl = Histogram("vllm:inter_token_latency_seconds", Histogram.ITL_BUCKETS)
+        self.h_e2e = Histogram("vllm:e2e_request_latency_seconds", Histogram.E2E_BUCKETS)
+
+    def connection(self) -> HttpConnection:
+        return HttpConnection(self.handle)
+
+    # --- routing ----------------------------------------------------------------------------------
+
+    def handle(self, conn: HttpConnection, req: Request) -> None:
+        route = (req.method, req.path)
+        if route == ("POST", "/v1/chat/completions"):
+            self.generate(conn, req, chat=True)
+        elif route == ("POST", "/v1/completions"):
+            self.generate(conn, req, chat=False)
+        elif route == ("GET", "/health"):
+            conn.send(200, b"", "text/plain")
+        elif route == ("GET", "/version"):
+            conn.send_json(200, {"version": f"llmperf-sim-{__version__}"})
+        elif route == ("GET", "/v1/models"):
+            conn.send_json(200, self.models())
+        elif route == ("GET", "/metrics"):
+            conn.send(200, self.metrics().encode(), "text/plain; version=0.0.4")
+        elif route == ("POST", "/tokenize"):
+            self.tokenize(conn, req)
+        elif route == ("POST", "/detokenize"):
+            self.detokenize(conn, req)
+        elif route == ("POST", "/llmperf/reset_timing"):
+            self.first_arrival = self.last_token = self.max_lateness = 0.0
+            self.tokens_scheduled = self.late_tokens = 0
+            conn.send_json(200, {"reset": True})
+        else:
+            conn.send_json(404, _error(404, f"{req.method} {req.path} not found", "NotFoundError"))
+
+    def models(self) -> dict[str, Any]:
+        card = {
+            "id": self.opts.served_model_name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "llmperf-sim",
+            "root": self.opts.model,
+            "parent": None,
+            "max_model_len": self.opts.max_model_len,
+        }
+        return {"object": "list", "data": [card]}
+
+    def tokenize(self, conn: HttpConnection, req: Request) -> None:
+        try:
+            body = req.json()
+            if "messages" in body:
+                ids = self.tokenizer.encode(" ".join(_message_text(m) for m in body["messages"]))
+            else:
+                ids = self.tokenizer.encode(str(body.get("prompt", "")))
+        except (ValueError, AttributeError, TypeError):
+            conn.send_json(400, _error(400, "expected a JSON object with 'prompt' or 'messages'", "BadRequestError"))
+            return
+        conn.send_json(200, {"count": len(ids), "max_model_len": self.opts.max_model_len, "tokens": ids})
+
+    def detokenize(self, conn: HttpConnection, req: Request) -> None:
+        try:
+            tokens = [int(t) for t in req.json().get("tokens", [])]
+        except (ValueError, AttributeError, TypeError):
+            conn.send_json(400, _error(400, "expected a JSON object with 'tokens'", "BadRequestError"))
+            return
+        conn.send_json(200, {"prompt": self.tokenizer.decode(tokens)})
+
+    def metrics(self) -> str:
+        if self.engine is not None:
+            st = self.engine.stats()
+            gauges = {"running": st.running, "waiting": st.waiting, "kv": st.kv_cache_usage}
+            counters = {
+                "prompt": st.prompt_tokens_total,
+                "generation": st.generation_tokens_total,
+                "preemptions": st.preemptions_total,
+            }
+        else:
+            gauges = {"running": self.running_generations, "waiting": 0, "kv": 0.0}
+            counters = {"prompt": self.det_prompt_tokens, "generation": self.det_generation_tokens, "preemptions": 0}
+        return render_metrics(
+            self.opts.served_model_name,
+            gauges=gauges,
+            counters=counters,
+            success=self.requests_success,
+            histograms=(self.h_ttft, self.h_itl, self.h_e2e),
+            sim={
+                "tokens_scheduled": self.tokens_scheduled,
+                "late_tokens": self.late_tokens,
+                "max_lateness_seconds": self.max_lateness,
+                "delivery_window_seconds": max(0.0, self.last_token - self.first_arrival),
+            },
+        )
+
+    # --- generation -------------------------------------------------------------------------------
+
+    def generate(self, conn: HttpConnection, req: Request, *, chat: bool) -> None:
+        try:
+            body = req.json()
+        except (ValueError, UnicodeDecodeError):
+            conn.send_json(400, _error(400, "request body is not valid JSON", "BadRequestError"))
+            return
+        if not isinstance(body, dict):
+            conn.send_json(400, _error(400, "request body must be a JSON object", "BadRequestError"))
+            return
+        opts = self.opts
+        model = body.get("model", opts.served_model_name)
+        if model != opts.served_model_name:
+            conn.send_json(404, _error(404, f"The model `{model}` does not exist.", "NotFoundError"))
+            return
+        if chat:
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                conn.send_json(400, _error(400, "'messages' must be a non-empty list", "BadRequestError"))
+                return
+            prompt_tokens = CHAT_TEMPLATE_TOKENS_FIXED + sum(
+                CHAT_TEMPLATE_TOKENS_PER_MESSAGE + self.tokenizer.count(_message_text(m)) for m in messages
+            )
+            max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        else:
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+                prompt_tokens = len(prompt)
+            elif isinstance(prompt, str):
+                prompt_tokens = self.tokenizer.count(prompt)
+            else:
+                conn.send_json(400, _error(400, "'prompt' must be a string or a list of token ids", "BadRequestError"))
+                return
+            max_tokens = body.get("max_tokens", 16)
+        prompt_tokens = max(1, prompt_tokens)
+        if max_tokens is None:
+            max_tokens = opts.max_model_len - prompt_tokens
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            conn.send_json(
+                400, _error(400, f"max_tokens must be a positive integer, got {max_tokens!r}", "BadRequestError")
+            )
+            return
+        if prompt_tokens + max_tokens > opts.max_model_len:
+            conn.send_json(
+                400,
+                _error(
+                    400,
+                    f"This model's maximum context length is {opts.max_model_len} tokens. However, you requested "
+                    f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
+                    "completion). Please reduce the length of the messages or completion.",
+                    "BadRequestError",
+                ),
+            )
+            return
+        self.requests_total += 1
+        n = self.requests_total
+        if opts.crash_after is not None and n > opts.crash_after:
+            print(f"llmperf sim: crashing on request {n} (--crash-after {opts.crash_after})", flush=True)
+            os._exit(3)
+        if opts.error_rate and self.faults.random() < opts.error_rate:
+            conn.send_json(500, _error(500, "simulated internal server error (--error-rate)", "InternalServerError"))
+            return
+        if not self.first_arrival:
+            self.first_arrival = self.loop.time()
+        if self.engine is None:
+            self.det_prompt_tokens += prompt_tokens
+        stream = bool(body.get("stream", False))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
+        Generation(
+            self,
+            conn,
+            chat=chat,
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            stream=stream,
+            include_usage=include_usage,
+        ).start()
 
 
-async def _serve(opts: SimServerOptions) -> None:
-    stop = asyncio.Event()
+async def serve(opts: SimServerOptions) -> None:
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     children: list[subprocess.Popen[bytes]] = []
@@ -465,18 +448,20 @@ async def _serve(opts: SimServerOptions) -> None:
         print(f"llmperf sim: start-up delay of {opts.startup_delay_s} s", flush=True)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), opts.startup_delay_s)
-    runner = web.AppRunner(build_app(opts), access_log=None, handle_signals=False, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, opts.host, opts.port, reuse_address=True)
-    await site.start()
+    server = SimServer(opts, loop)
+    if server.engine is not None:
+        server.engine.start()
+    srv = await loop.create_server(server.connection, opts.host, opts.port, reuse_address=True, backlog=4096)
     print(
         f"llmperf sim: pid {os.getpid()} pgid {os.getpgrp()} serving {opts.served_model_name!r} "
-        f"on http://{opts.host}:{opts.port} (profile {opts.profile}, slowdown {opts.slowdown})",
+        f"on http://{opts.host}:{opts.port} (profile {opts.profile}, slowdown {opts.slowdown:g})",
         flush=True,
     )
     await stop.wait()
     print("llmperf sim: shutting down", flush=True)
-    await runner.cleanup()
+    srv.close()
+    if server.engine is not None:
+        await server.engine.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -489,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(_serve(opts))
+        asyncio.run(serve(opts))
     else:
-        uvloop.run(_serve(opts))
+        uvloop.run(serve(opts))
     return 0
