@@ -11,6 +11,8 @@ USAGE = """usage: llmperf COMMAND ...
 
 commands:
   sim serve [OPTIONS]     run the simulated engine (OpenAI API as vLLM serves it); see `llmperf sim serve --help`
+  sim tokenizer DIR       write the simulated engine's tokenizer as a Hugging Face tokenizer directory
+  bench serve [OPTIONS]   benchmark a server: a drop-in for `vllm bench serve`; see `llmperf bench serve --help`
 """
 
 
@@ -19,11 +21,26 @@ def _sim(args: list[str]) -> int:
 
     if args[:1] == ["serve"]:
         return sim_main(args[1:])
-    print("usage: llmperf sim serve [OPTIONS]", file=sys.stderr)
+    if args[:1] == ["tokenizer"] and len(args) == 2:
+        from pytest_llmperf.tokenizer import SimTokenizer
+
+        path = SimTokenizer().save_hf(args[1])
+        print(f"wrote the simulated engine's tokenizer to {path} (tokenizer.json, tokenizer_config.json)")
+        return 0
+    print("usage: llmperf sim serve [OPTIONS] | llmperf sim tokenizer DIR", file=sys.stderr)
     return 2
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"sim": _sim}
+def _bench(args: list[str]) -> int:
+    from pytest_llmperf.loadgen.bench_cli import main as bench_main
+
+    if args[:1] == ["serve"]:
+        return bench_main(args[1:])
+    print("usage: llmperf bench serve [OPTIONS]", file=sys.stderr)
+    return 2
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"sim": _sim, "bench": _bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,8 +8,10 @@ Words outside the vocabulary (real text, e.g. ShareGPT) still count one token ea
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["SimTokenizer"]
 
@@ -67,3 +69,24 @@ class SimTokenizer:
 
     def word(self, token_id: int) -> str:
         return self._words[token_id % self.vocab_size]
+
+    def save_hf(self, directory: str | Path) -> Path:
+        """Write this tokenizer as a Hugging Face tokenizer directory (``tokenizer.json`` and config),
+        so that other clients (``vllm bench serve``, GuideLLM) count tokens exactly as the simulator does.
+        Needs the ``tokenizers`` package."""
+        from tokenizers import Tokenizer, models, pre_tokenizers
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        vocab = {w: i for i, w in enumerate(self._words)}
+        # words outside the vocabulary still count one token each (mapped to the last word)
+        hf = Tokenizer(models.WordLevel(vocab=vocab, unk_token=self._words[-1]))
+        hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        hf.save(str(out / "tokenizer.json"))
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": 1 << 20,
+            "clean_up_tokenization_spaces": False,
+        }
+        (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        return out

@@ -19,12 +19,17 @@ def start_sim(tmp_path: Path) -> Iterator[StartSim]:
     started: list[ServerProcess] = []
 
     def start(
-        *extra_args: str, profile: str = "cpu-small", startup_timeout_s: float = 30.0, **sim: object
+        *extra_args: str,
+        profile: str = "cpu-small",
+        startup_timeout_s: float = 30.0,
+        served_model_name: str | None = None,
+        **sim: object,
     ) -> ServerProcess:
         cfg = EngineConfig(
             id=f"sim{len(started)}",
             engine="sim",
             model="llmperf-sim",
+            served_model_name=served_model_name,
             extra_args=extra_args,
             startup_timeout_s=startup_timeout_s,
             sim=SimOptions(profile=profile, **sim),  # type: ignore[arg-type]
@@ -33,7 +38,7 @@ def start_sim(tmp_path: Path) -> Iterator[StartSim]:
         server = ServerProcess(
             render_launch(cfg, port=port),
             base_url=f"http://127.0.0.1:{port}",
-            model=cfg.model,
+            model=cfg.request_model,
             log_path=tmp_path / f"{cfg.id}.log",
             startup_timeout_s=startup_timeout_s,
         )

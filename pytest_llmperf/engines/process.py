@@ -168,9 +168,17 @@ class ServerProcess:
                 return False
             body: dict[str, Any] = {"model": self.model, "prompt": "ready", "max_tokens": 1}
             r = client.post(self.base_url + "/v1/completions", json=body)
-            return r.status_code == 200
         except httpx.HTTPError:
             return False
+        if r.status_code in (400, 404, 422):  # the request is wrong, not the server slow: waiting will not help
+            raise ServerStartupError(
+                f"[{self.config_id}] the server is up but rejects a one-token generation for model "
+                f"{self.model!r} with HTTP {r.status_code}: {r.text[:300]} (check model / served_model_name)",
+                config_id=self.config_id,
+                log_path=str(self.log_path),
+                log_tail=tail(self.log_path),
+            )
+        return r.status_code == 200
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -17,7 +17,8 @@ __all__ = ["SampleRequest", "Tokenizer", "random_requests", "sharegpt_requests"]
 
 
 class Tokenizer(Protocol):
-    vocab_size: int
+    @property
+    def vocab_size(self) -> int: ...
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -50,7 +51,7 @@ def random_requests(
     if not 0.0 <= range_ratio < 1.0:
         raise DatasetError(f"random_range_ratio must be in [0, 1), got {range_ratio}")
     rng = np.random.default_rng(seed)
-    real_in = input_len - tokenizer.num_special_tokens_to_add()
+    real_in = max(0, input_len - tokenizer.num_special_tokens_to_add())
     in_low = math.floor(real_in * (1 - range_ratio))
     in_high = math.ceil(real_in * (1 + range_ratio))
     out_low = max(1, math.floor(output_len * (1 - range_ratio)))
@@ -62,26 +63,34 @@ def random_requests(
     offsets = rng.integers(0, tokenizer.vocab_size, size=num_requests)
     special = set(tokenizer.all_special_ids)
     allowed = np.array([t for t in range(tokenizer.vocab_size) if t not in special], dtype=np.int64)
-    prefix = rng.choice(allowed, size=prefix_len).tolist() if prefix_len > 0 else []
+    prefix: list[int] = []
+    if prefix_len > 0:
+        drawn = allowed[rng.integers(0, len(allowed), size=prefix_len)].tolist()
+        _, prefix = _decode_to_target_len(tokenizer, drawn, prefix_len, rng)
     requests: list[SampleRequest] = []
     for i in range(num_requests):
         n = int(input_lens[i])
         body = allowed[(int(offsets[i]) + i + np.arange(n)) % len(allowed)].tolist()
-        ids = prefix + body
-        target = prefix_len + n
-        prompt = tokenizer.decode(ids)
-        for _ in range(10):  # vLLM's decode -> encode length fix-up
-            encoded = tokenizer.encode(prompt)
-            if len(encoded) == target:
-                break
-            if len(encoded) < target:
-                extra = rng.integers(0, tokenizer.vocab_size, size=target - len(encoded)).tolist()
-                encoded = encoded + extra
-            else:
-                encoded = encoded[:target]
-            prompt = tokenizer.decode(encoded)
-        requests.append(SampleRequest(prompt, len(tokenizer.encode(prompt)), int(output_lens[i])))
+        prompt, ids = _decode_to_target_len(tokenizer, prefix + body, prefix_len + n, rng)
+        requests.append(SampleRequest(prompt, len(ids), int(output_lens[i])))
     return requests
+
+
+def _decode_to_target_len(
+    tokenizer: Tokenizer, ids: list[int], target: int, rng: np.random.Generator, max_retry: int = 10
+) -> tuple[str, list[int]]:
+    """vLLM's ``gen_prompt_decode_to_target_len``: decode, re-encode, pad with random ids or truncate."""
+    tries = max_retry
+    while True:
+        prompt = tokenizer.decode(ids)
+        ids = tokenizer.encode(prompt)
+        if tries <= 0 or len(ids) == target:
+            return prompt, ids
+        if len(ids) < target:
+            ids = ids + rng.integers(0, tokenizer.vocab_size, size=target - len(ids)).tolist()
+        else:
+            ids = ids[:target]
+        tries -= 1
 
 
 def sharegpt_requests(

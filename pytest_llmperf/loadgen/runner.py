@@ -11,9 +11,9 @@ import asyncio
 import gc
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import numpy as np
@@ -24,6 +24,7 @@ from pytest_llmperf.metrics import BenchmarkMetrics, RequestRecord, calculate_me
 
 __all__ = ["BenchSettings", "BenchmarkResult", "arrival_offsets", "run_benchmark", "run_benchmark_sync"]
 
+T = TypeVar("T")
 ProgressFn = Callable[[int, int, int, float], None]  # done, total, output tokens so far, elapsed s
 
 SEND_LAG_WARN_S = 0.050
@@ -50,6 +51,7 @@ class BenchSettings:
     # (vLLM's client starts with a cold pool; `llmperf bench serve --prewarm-connections` opts in)
     prewarm_connections: bool = False
     percentiles: tuple[float, ...] = (99.0,)
+    selected: tuple[str, ...] = ("ttft", "tpot", "itl", "e2el")  # metrics with percentile statistics
     goodput: dict[str, float] | None = None
 
 
@@ -97,13 +99,27 @@ async def _loop_lag_monitor(stop: asyncio.Event, out: list[float], interval: flo
     out.append(worst)
 
 
-async def run_benchmark(
+@dataclass
+class RawRun:
+    """What one driver (one process) measured, before metrics are computed."""
+
+    records: list[RequestRecord]
+    start: float  # perf_counter at the start of the arrival loop
+    end: float  # perf_counter when the last request finished
+    cpu_s: float
+    max_send_lag_s: float
+    max_loop_lag_s: float
+
+
+async def drive(
     settings: BenchSettings,
     requests: Sequence[SampleRequest],
     *,
+    offsets: Sequence[float] | None = None,
+    start_at: float | None = None,
     progress: ProgressFn | None = None,
-    count_tokens: Callable[[str], int] | None = None,
-) -> BenchmarkResult:
+) -> RawRun:
+    """Send ``requests`` on their arrival schedule and record each one (the process-local part of a run)."""
     chat = settings.backend == "openai-chat"
     url = settings.base_url.rstrip("/") + settings.endpoint
     headers = auth_headers(chat=chat)
@@ -117,12 +133,14 @@ async def run_benchmark(
     timeout = aiohttp.ClientTimeout(total=settings.timeout_s, sock_read=settings.stall_timeout_s)
     semaphore = asyncio.Semaphore(settings.max_concurrency) if settings.max_concurrency else None
     records = [RequestRecord(prompt_len=r.prompt_len, output_len_hint=r.expected_output_len) for r in requests]
+    if offsets is None:
+        offsets = arrival_offsets(len(requests), settings.request_rate, settings.burstiness, settings.seed).tolist()
     done = 0
     out_tokens = 0
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as session:
 
-        async def one(i: int, record: RequestRecord, payload: bytes) -> None:
+        async def one(record: RequestRecord, payload: bytes) -> None:
             nonlocal done, out_tokens
             created = time.perf_counter()
             if semaphore is not None:
@@ -152,24 +170,25 @@ async def run_benchmark(
 
         gc.collect()
         gc.freeze()
-        offsets = arrival_offsets(len(requests), settings.request_rate, settings.burstiness, settings.seed)
         stop = asyncio.Event()
         lag_out: list[float] = []
         monitor = asyncio.create_task(_loop_lag_monitor(stop, lag_out))
+        if start_at is not None:
+            await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
         cpu0 = time.process_time()
-        bench_start = time.perf_counter()
+        bench_start = time.perf_counter() if start_at is None else start_at
         tasks = []
         max_send_lag = 0.0
-        for i, (record, payload) in enumerate(zip(records, payloads, strict=False)):
-            due = bench_start + float(offsets[i])
+        for record, payload, offset in zip(records, payloads, offsets, strict=True):
+            due = bench_start + float(offset)
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             record.scheduled_time = due
             max_send_lag = max(max_send_lag, time.perf_counter() - due)
-            tasks.append(asyncio.create_task(one(i, record, payload)))
+            tasks.append(asyncio.create_task(one(record, payload)))
         await asyncio.gather(*tasks)
-        duration = time.perf_counter() - bench_start
+        end = time.perf_counter()
         cpu = time.process_time() - cpu0
         stop.set()
         await monitor
@@ -179,18 +198,47 @@ async def run_benchmark(
     for r in records:
         if r.start_time:
             max_send_lag = max(max_send_lag, r.start_time - r.scheduled_time - r.queue_time)
+    return RawRun(records, bench_start, end, cpu, max_send_lag, lag_out[0] if lag_out else 0.0)
+
+
+def finish(
+    settings: BenchSettings, raw: RawRun, *, count_tokens: Callable[[str], int] | None = None, cpu_cores: int = 1
+) -> BenchmarkResult:
+    """Metrics and self-check warnings of a run (vLLM's duration: arrival-loop start to last request end)."""
+    duration = raw.end - raw.start
     metrics = calculate_metrics(
-        records, duration, percentiles=settings.percentiles, goodput=settings.goodput, count_tokens=count_tokens
+        raw.records,
+        duration,
+        percentiles=settings.percentiles,
+        selected=settings.selected,
+        goodput=settings.goodput,
+        count_tokens=count_tokens,
     )
-    loop_lag = lag_out[0] if lag_out else 0.0
     warnings: list[str] = []
-    if max_send_lag > SEND_LAG_WARN_S:
-        warnings.append(f"client send lag up to {max_send_lag * 1000:.0f} ms: requests left later than scheduled")
-    if loop_lag > LOOP_LAG_WARN_S:
-        warnings.append(f"client event-loop lag up to {loop_lag * 1000:.0f} ms: latencies include client delay")
-    if duration > 0 and cpu / duration > CPU_WARN_FRACTION:
-        warnings.append(f"client CPU at {100 * cpu / duration:.0f}% of one core: the client may be the bottleneck")
-    return BenchmarkResult(settings, metrics, records, cpu, max_send_lag, loop_lag, warnings)
+    if raw.max_send_lag_s > SEND_LAG_WARN_S:
+        warnings.append(f"client send lag up to {raw.max_send_lag_s * 1000:.0f} ms: requests left later than scheduled")
+    if raw.max_loop_lag_s > LOOP_LAG_WARN_S:
+        warnings.append(
+            f"client event-loop lag up to {raw.max_loop_lag_s * 1000:.0f} ms: latencies include client delay"
+        )
+    if duration > 0 and raw.cpu_s / duration > CPU_WARN_FRACTION * cpu_cores:
+        warnings.append(
+            f"client CPU at {100 * raw.cpu_s / duration / cpu_cores:.0f}% of its cores: "
+            "the client may be the bottleneck (try --client-workers)"
+        )
+    return BenchmarkResult(settings, metrics, raw.records, raw.cpu_s, raw.max_send_lag_s, raw.max_loop_lag_s, warnings)
+
+
+async def run_benchmark(
+    settings: BenchSettings,
+    requests: Sequence[SampleRequest],
+    *,
+    progress: ProgressFn | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+) -> BenchmarkResult:
+    """One whole run in this process's event loop."""
+    raw = await drive(settings, requests, progress=progress)
+    return finish(settings, raw, count_tokens=count_tokens)
 
 
 async def _prewarm(session: aiohttp.ClientSession, url: str) -> None:
@@ -208,6 +256,15 @@ async def _bounded(semaphore: asyncio.Semaphore | None, coro: Any) -> Any:
         return await coro
 
 
+def run_in_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine in a fresh event loop (uvloop when installed)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def run_benchmark_sync(
     settings: BenchSettings,
     requests: Sequence[SampleRequest],
@@ -215,10 +272,9 @@ def run_benchmark_sync(
     progress: ProgressFn | None = None,
     count_tokens: Callable[[str], int] | None = None,
 ) -> BenchmarkResult:
-    """Run :func:`run_benchmark` in a fresh event loop (uvloop when installed)."""
-    coro = run_benchmark(settings, requests, progress=progress, count_tokens=count_tokens)
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+    """One whole run: in this process, or spread over ``settings.client_workers`` processes."""
+    if settings.client_workers > 1:
+        from pytest_llmperf.loadgen.workers import run_distributed
+
+        return run_distributed(settings, requests, count_tokens=count_tokens)
+    return run_in_loop(run_benchmark(settings, requests, progress=progress, count_tokens=count_tokens))

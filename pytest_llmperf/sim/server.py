@@ -326,6 +326,10 @@ class SimServer:
         except (ValueError, AttributeError, TypeError):
             conn.send_json(400, _error(400, "expected a JSON object with 'tokens'", "BadRequestError"))
             return
+        bad = [t for t in tokens if not 0 <= t < self.tokenizer.vocab_size]
+        if bad:
+            conn.send_json(400, _error(400, f"Token id {bad[0]} is out of vocabulary", "BadRequestError"))
+            return
         conn.send_json(200, {"prompt": self.tokenizer.decode(tokens)})
 
     def metrics(self) -> str:

@@ -1,0 +1,203 @@
+"""``llmperf bench serve``: a drop-in for ``vllm bench serve`` (vLLM 0.32 flags, result block and JSON).
+
+The study's benchmark commands run unchanged with ``vllm bench serve`` replaced by
+``llmperf bench serve``. Additions of ours: ``--client-workers N`` (spread the load over N
+processes), ``--prewarm-connections`` (open the connection pool before the clock starts) and
+``--stall-timeout S``; the defaults keep vLLM's single-process, cold-pool semantics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import httpx
+
+from pytest_llmperf.errors import DatasetError
+from pytest_llmperf.loadgen.datasets import SampleRequest, Tokenizer, random_requests, sharegpt_requests
+from pytest_llmperf.loadgen.results import default_result_filename, result_json
+from pytest_llmperf.loadgen.runner import BenchSettings, run_benchmark_sync
+from pytest_llmperf.loadgen.tokenizers import load_tokenizer
+from pytest_llmperf.metrics import METRIC_LABELS, parse_goodput, result_block
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llmperf bench serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--backend", default="openai", choices=["openai", "openai-chat", "vllm"])
+    p.add_argument("--endpoint", default=None, help="default: /v1/completions, or /v1/chat/completions for openai-chat")
+    p.add_argument("--base-url", default=None)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", default=None, help="default: the first model of /v1/models")
+    p.add_argument("--served-model-name", default=None)
+    p.add_argument(
+        "--tokenizer", default=None, help="a local tokenizer.json or model directory; default: the server's /tokenize"
+    )
+    p.add_argument("--dataset-name", default="random", choices=["random", "sharegpt"])
+    p.add_argument("--dataset-path", default=None)
+    p.add_argument("--num-prompts", type=int, default=1000)
+    p.add_argument("--random-input-len", "--input-len", dest="random_input_len", type=int, default=1024)
+    p.add_argument("--random-output-len", "--output-len", dest="random_output_len", type=int, default=128)
+    p.add_argument("--random-range-ratio", type=float, default=0.0)
+    p.add_argument("--random-prefix-len", type=int, default=0)
+    p.add_argument("--sharegpt-output-len", type=int, default=None)
+    p.add_argument("--request-rate", type=float, default=math.inf)
+    p.add_argument("--burstiness", type=float, default=1.0)
+    p.add_argument("--max-concurrency", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ignore-eos", action="store_true")
+    p.add_argument("--num-warmups", type=int, default=0)
+    p.add_argument("--percentile-metrics", default="ttft,tpot,itl")
+    p.add_argument("--metric-percentiles", default="99")
+    p.add_argument("--goodput", nargs="+", default=None, metavar="KEY:VALUE")
+    p.add_argument("--save-result", action="store_true")
+    p.add_argument("--save-detailed", action="store_true")
+    p.add_argument("--result-dir", default=None)
+    p.add_argument("--result-filename", default=None)
+    p.add_argument("--label", default=None)
+    p.add_argument("--metadata", nargs="*", default=None, metavar="KEY=VALUE")
+    p.add_argument("--trust-remote-code", action="store_true", help="accepted for compatibility; no effect")
+    p.add_argument("--disable-tqdm", action="store_true", help="accepted for compatibility")
+    ours = p.add_argument_group("pytest-llmperf additions")
+    ours.add_argument("--client-workers", type=int, default=1, help="spread the load over N client processes")
+    ours.add_argument(
+        "--prewarm-connections",
+        action="store_true",
+        help="open the connection pool before the clock starts (TTFT then excludes TCP set-up)",
+    )
+    ours.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="fail a request whose stream sends nothing for S seconds",
+    )
+    return p
+
+
+def _first_model(base_url: str) -> str:
+    try:
+        data = httpx.get(base_url + "/v1/models", timeout=30, trust_env=False).json()
+        return str(data["data"][0]["id"])
+    except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
+        raise SystemExit(
+            f"llmperf bench serve: no --model given and {base_url}/v1/models did not name one ({exc})"
+        ) from None
+
+
+def build_requests(args: argparse.Namespace, tokenizer: Tokenizer) -> list[SampleRequest]:
+    if args.dataset_name == "random":
+        return random_requests(
+            tokenizer,
+            num_requests=args.num_prompts,
+            input_len=args.random_input_len,
+            output_len=args.random_output_len,
+            range_ratio=args.random_range_ratio,
+            prefix_len=args.random_prefix_len,
+            seed=args.seed,
+        )
+    if not args.dataset_path:
+        raise DatasetError(
+            "--dataset-name sharegpt needs --dataset-path PATH (ShareGPT_V3_unfiltered_cleaned_split.json)"
+        )
+    return sharegpt_requests(
+        tokenizer, args.dataset_path, num_requests=args.num_prompts, seed=args.seed, output_len=args.sharegpt_output_len
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    base_url = (args.base_url or f"http://{args.host}:{args.port}").rstrip("/")
+    backend = "openai" if args.backend == "vllm" else args.backend
+    endpoint = args.endpoint or ("/v1/chat/completions" if backend == "openai-chat" else "/v1/completions")
+    model_id = args.model or _first_model(base_url)
+    request_model = args.served_model_name or model_id
+    selected = tuple(m.strip() for m in args.percentile_metrics.split(",") if m.strip())
+    unknown = [m for m in selected if m not in METRIC_LABELS]
+    if unknown:
+        raise SystemExit(
+            f"llmperf bench serve: unknown --percentile-metrics {unknown}; choose from {list(METRIC_LABELS)}"
+        )
+    try:
+        percentiles = tuple(float(p) for p in args.metric_percentiles.split(","))
+        goodput = parse_goodput(args.goodput) if args.goodput else None
+    except ValueError as exc:
+        raise SystemExit(f"llmperf bench serve: {exc}") from None
+    metadata = {}
+    for item in args.metadata or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"llmperf bench serve: --metadata takes KEY=VALUE, got {item!r}")
+        metadata[key] = value
+    spec = args.tokenizer
+    if spec is None and Path(model_id).is_dir():
+        spec = model_id
+    try:
+        tokenizer = load_tokenizer(spec, base_url=base_url, model=request_model)
+        requests = build_requests(args, tokenizer)
+    except DatasetError as exc:
+        raise SystemExit(f"llmperf bench serve: {exc}") from None
+    ignore_eos = args.ignore_eos or args.dataset_name == "random"  # vLLM forces it for random (PR #28227)
+    settings = BenchSettings(
+        base_url=base_url,
+        model=request_model,
+        backend=backend,
+        endpoint=endpoint,
+        request_rate=args.request_rate,
+        burstiness=args.burstiness,
+        max_concurrency=args.max_concurrency,
+        seed=args.seed,
+        ignore_eos=ignore_eos,
+        num_warmups=args.num_warmups,
+        percentiles=percentiles,
+        selected=selected,
+        goodput=goodput,
+        stall_timeout_s=args.stall_timeout,
+        client_workers=args.client_workers,
+        prewarm_connections=args.prewarm_connections,
+    )
+    print(f"Traffic request rate: {args.request_rate}")
+    burst = " (Poisson process)" if args.burstiness == 1.0 else ""
+    print(f"Burstiness factor: {args.burstiness}{burst}")
+    print(f"Maximum request concurrency: {args.max_concurrency}")
+    result = run_benchmark_sync(settings, requests, count_tokens=lambda t: len(tokenizer.encode(t)))
+    errors = [e for e in result.errors if e]
+    if errors:
+        print(f"{len(errors)} request(s) failed; first errors:")
+        for e in list(dict.fromkeys(errors))[:10]:
+            print(f"  {e}")
+    print(result_block(result.metrics, max_concurrency=args.max_concurrency, request_rate=args.request_rate))
+    for warning in result.client_warnings:
+        print(f"WARNING: {warning}")
+    if args.save_result or args.save_detailed:
+        data = result_json(
+            result,
+            model_id=model_id,
+            tokenizer_id=getattr(tokenizer, "name", str(spec)),
+            label=args.label,
+            metadata=metadata,
+            detailed=args.save_detailed,
+        )
+        name = args.result_filename or default_result_filename(
+            backend=backend,
+            label=args.label,
+            request_rate=args.request_rate,
+            max_concurrency=args.max_concurrency,
+            model_id=model_id,
+        )
+        path = Path(args.result_dir or ".") / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+        print(f"Saved the result to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
