@@ -52,15 +52,25 @@ def main() -> int:
     args = ap.parse_args()
     itl_ms = 1000.0 * args.streams / args.target
     cpus = sorted(os.sched_getaffinity(0))
-    cfg = EngineConfig(id="throughput", engine="sim", model="llmperf-sim", max_model_len=4096,
-                       sim=SimOptions(profile="deterministic", ttft_ms=itl_ms, itl_ms=itl_ms))
+    cfg = EngineConfig(
+        id="throughput",
+        engine="sim",
+        model="llmperf-sim",
+        max_model_len=4096,
+        sim=SimOptions(profile="deterministic", ttft_ms=itl_ms, itl_ms=itl_ms),
+    )
     port = free_port()
     spec = render_launch(cfg, port=port)
     if len(cpus) >= 2:
         spec = type(spec)(spec.config_id, ("taskset", "-c", str(cpus[0]), *spec.argv), spec.env)
         os.sched_setaffinity(0, cpus[1:])
-    server = ServerProcess(spec, base_url=f"http://127.0.0.1:{port}", model="llmperf-sim",
-                           log_path=Path(tempfile.mkdtemp()) / "sim.log", startup_timeout_s=30)
+    server = ServerProcess(
+        spec,
+        base_url=f"http://127.0.0.1:{port}",
+        model="llmperf-sim",
+        log_path=Path(tempfile.mkdtemp()) / "sim.log",
+        startup_timeout_s=30,
+    )
     server.start()
     assert server.proc is not None
     # taskset execs the simulator in place, so the server's pid is the launched process's pid
@@ -90,8 +100,10 @@ def main() -> int:
             print(f"run {i + 1}: " + ", ".join(f"{k}={v:.1f}" for k, v in row.items()), flush=True)
     finally:
         server.stop()
-    print(f"\n{args.streams} streams x {args.tokens} tokens, ITL {itl_ms:.1f} ms (asks {args.target:.0f} events/s), "
-          f"{args.repeats} runs; server pinned to cpu {cpus[0]}")
+    print(
+        f"\n{args.streams} streams x {args.tokens} tokens, ITL {itl_ms:.1f} ms (asks {args.target:.0f} events/s), "
+        f"{args.repeats} runs; server pinned to cpu {cpus[0]}"
+    )
     print(f"{'metric':<34}{'mean':>12}{'min':>12}{'max':>12}")
     for key in rows[0]:
         values = [r[key] for r in rows]

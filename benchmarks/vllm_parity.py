@@ -52,13 +52,42 @@ def main() -> int:
     tok_dir = SimTokenizer().save_hf(tmp / "tokenizer")
     cfg = EngineConfig(id="parity", engine="sim", model="llmperf-sim", max_model_len=8192)
     port = free_port()
-    server = ServerProcess(render_launch(cfg, port=port), base_url=f"http://127.0.0.1:{port}", model="llmperf-sim",
-                           log_path=tmp / "sim.log", startup_timeout_s=30)
-    flags = ["--base-url", server.base_url, "--model", "llmperf-sim", "--tokenizer", str(tok_dir),
-             "--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--dataset-name", "random",
-             "--random-input-len", "512", "--random-output-len", "128", "--num-prompts", str(args.num_prompts),
-             "--max-concurrency", str(args.concurrency), "--seed", "42", "--percentile-metrics",
-             "ttft,tpot,itl,e2el", "--save-result", "--result-dir", str(tmp)]
+    server = ServerProcess(
+        render_launch(cfg, port=port),
+        base_url=f"http://127.0.0.1:{port}",
+        model="llmperf-sim",
+        log_path=tmp / "sim.log",
+        startup_timeout_s=30,
+    )
+    flags = [
+        "--base-url",
+        server.base_url,
+        "--model",
+        "llmperf-sim",
+        "--tokenizer",
+        str(tok_dir),
+        "--backend",
+        "openai-chat",
+        "--endpoint",
+        "/v1/chat/completions",
+        "--dataset-name",
+        "random",
+        "--random-input-len",
+        "512",
+        "--random-output-len",
+        "128",
+        "--num-prompts",
+        str(args.num_prompts),
+        "--max-concurrency",
+        str(args.concurrency),
+        "--seed",
+        "42",
+        "--percentile-metrics",
+        "ttft,tpot,itl,e2el",
+        "--save-result",
+        "--result-dir",
+        str(tmp),
+    ]
     server.start()
     results: dict[str, list[dict[str, float]]] = {"llmperf": [], "vllm": []}
     labels: dict[str, list[str]] = {}
@@ -70,8 +99,9 @@ def main() -> int:
                     cmd = [sys.executable, "-m", "pytest_llmperf.cli", "bench", "serve"]
                 else:
                     cmd = [args.vllm_python, "-c", VLLM_MAIN]
-                proc = subprocess.run([*cmd, *flags, "--result-filename", out.name], capture_output=True, text=True,
-                                      timeout=600)
+                proc = subprocess.run(
+                    [*cmd, *flags, "--result-filename", out.name], capture_output=True, text=True, timeout=600
+                )
                 if proc.returncode != 0:
                     print(proc.stdout[-3000:], proc.stderr[-3000:])
                     raise SystemExit(f"{name} failed")
@@ -79,13 +109,22 @@ def main() -> int:
                 results[name].append(json.loads(out.read_text()))
     finally:
         server.stop()
-    print(f"{args.runs} run(s) each, alternating, one server; {args.num_prompts} prompts, "
-          f"max concurrency {args.concurrency}, random 512 in / 128 out, seed 42\n")
+    print(
+        f"{args.runs} run(s) each, alternating, one server; {args.num_prompts} prompts, "
+        f"max concurrency {args.concurrency}, random 512 in / 128 out, seed 42\n"
+    )
     print("same block labels in the same order:", labels["llmperf"] == labels["vllm"])
     if labels["llmperf"] != labels["vllm"]:
         print("  llmperf:", labels["llmperf"], "\n  vllm:   ", labels["vllm"])
-    keys = ["total_input_tokens", "total_output_tokens", "completed", "failed", "request_throughput",
-            "output_throughput", "total_token_throughput"]
+    keys = [
+        "total_input_tokens",
+        "total_output_tokens",
+        "completed",
+        "failed",
+        "request_throughput",
+        "output_throughput",
+        "total_token_throughput",
+    ]
     keys += [f"{s}_{m}_ms" for m in METRICS for s in STATS]
     print(f"\n{'metric':<26}{'llmperf':>14}{'vllm':>14}{'diff %':>9}   (means over runs; llmperf spread, vllm spread)")
     worst = 0.0
@@ -96,7 +135,9 @@ def main() -> int:
         diff = 100 * (ma / mb - 1) if mb else 0.0
         if not key.startswith("std_"):
             worst = max(worst, abs(diff))
-        print(f"{key:<26}{ma:>14.2f}{mb:>14.2f}{diff:>+9.2f}   ({min(a):.2f}..{max(a):.2f}; {min(b):.2f}..{max(b):.2f})")
+        print(
+            f"{key:<26}{ma:>14.2f}{mb:>14.2f}{diff:>+9.2f}   ({min(a):.2f}..{max(a):.2f}; {min(b):.2f}..{max(b):.2f})"
+        )
     print(f"\nlargest difference of a mean, median, P99 or throughput: {worst:.2f}%")
     return 0
 

@@ -16,7 +16,7 @@ import json
 import os
 import subprocess
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +165,14 @@ class PerfBench:
         runs: list[BenchmarkResult] = []
         for i in range(n):
             # the vLLM warm-up requests run before the first measured run only
-            s = settings if i == 0 else BenchSettings(**{**settings.__dict__, "num_warmups": 0})
+            s = settings if i == 0 else replace(settings, num_warmups=0)
             runs.append(run_benchmark_sync(s, requests))
+            try:
+                self.server.check_alive()
+            except ServerError as exc:
+                problem = str(exc)
+            if problem:
+                pytest.fail(problem, pytrace=False)
         result = PerfResult(self.case, self.server, runs)
         for run in runs:
             for key, value in run.metrics.flat().items():

@@ -30,6 +30,19 @@ class RunningServer:
     log_path: Path
     version: str | None
     startup_s: float | None
+    process: ServerProcess | None = field(default=None, compare=False, repr=False)  # None for external servers
+
+    def check_alive(self) -> None:
+        """Raise :class:`ServerError` with the log tail if the server process has exited."""
+        proc = self.process
+        if proc is not None and not proc.alive():
+            code = proc.proc.returncode if proc.proc is not None else "?"
+            raise ServerError(
+                f"[{self.config.id}] the server died during the benchmark (exit code {code})",
+                config_id=self.config.id,
+                log_path=str(self.log_path),
+                log_tail=tail(self.log_path),
+            )
 
 
 class ServerPool:
@@ -78,7 +91,7 @@ class ServerPool:
             self._failed[cfg.id] = exc
             raise
         running = RunningServer(
-            cfg, base_url, cfg.request_model, spec.shell(), log_path, proc.version(), proc.startup_s
+            cfg, base_url, cfg.request_model, spec.shell(), log_path, proc.version(), proc.startup_s, proc
         )
         self._servers[cfg.id] = (proc, running)
         return running

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pytest_llmperf.config import EngineConfig, SimOptions
-from pytest_llmperf.engines import ServerProcess, free_port, render_launch
+from pytest_llmperf.engines import LaunchSpec, ServerProcess, free_port, render_launch
 
 StartSim = Callable[..., ServerProcess]
 
@@ -23,6 +23,7 @@ def start_sim(tmp_path: Path) -> Iterator[StartSim]:
         profile: str = "cpu-small",
         startup_timeout_s: float = 30.0,
         served_model_name: str | None = None,
+        pin_cpu: int | None = None,
         **sim: object,
     ) -> ServerProcess:
         cfg = EngineConfig(
@@ -35,8 +36,11 @@ def start_sim(tmp_path: Path) -> Iterator[StartSim]:
             sim=SimOptions(profile=profile, **sim),  # type: ignore[arg-type]
         )
         port = free_port()
+        spec = render_launch(cfg, port=port)
+        if pin_cpu is not None:
+            spec = LaunchSpec(spec.config_id, ("taskset", "-c", str(pin_cpu), *spec.argv), spec.env)
         server = ServerProcess(
-            render_launch(cfg, port=port),
+            spec,
             base_url=f"http://127.0.0.1:{port}",
             model=cfg.request_model,
             log_path=tmp_path / f"{cfg.id}.log",

@@ -1,0 +1,168 @@
+"""The simulated engine behaves like a continuous-batching engine (in modelled time)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import itertools
+import statistics
+
+import httpx
+import pytest
+
+from pytest_llmperf.sim.engine import PROFILES, Profile, SimEngine
+
+FAST = Profile(
+    name="test",
+    description="test",
+    step_overhead_s=0.004,
+    decode_per_seq_s=0.0002,
+    prefill_per_token_s=0.000004,
+    context_per_token_s=0.0,
+    max_num_seqs=256,
+    max_num_batched_tokens=16384,
+    kv_capacity_tokens=1_000_000,
+)
+
+
+class Trace:
+    """Token times per request, as the HTTP layer would see them."""
+
+    def __init__(self) -> None:
+        self.times: dict[int, list[float]] = {}
+        self.counts: dict[int, list[int]] = {}
+
+    def callback(self, key: int, loop: asyncio.AbstractEventLoop):  # type: ignore[no-untyped-def]
+        self.times[key] = []
+        self.counts[key] = []
+
+        def on_token(n: int) -> None:
+            self.times[key].append(loop.time())
+            self.counts[key].append(n)
+
+        return on_token
+
+    def itls(self, key: int) -> list[float]:
+        t = self.times[key]
+        return [b - a for a, b in itertools.pairwise(t)]
+
+
+async def run(engine: SimEngine, jobs: list[tuple[float, int, int]], trace: Trace) -> dict[int, float]:
+    """Submit (delay, prompt, max_tokens) jobs; wait until all are done; return each one's E2E time."""
+    loop = asyncio.get_running_loop()
+    engine.start()
+    start: dict[int, float] = {}
+
+    async def submit(key: int, delay: float, prompt: int, max_tokens: int) -> None:
+        await asyncio.sleep(delay)
+        start[key] = loop.time()
+        engine.submit(prompt, max_tokens, trace.callback(key, loop))
+
+    await asyncio.gather(*(submit(k, *job) for k, job in enumerate(jobs)))
+    while any(len(trace.counts.get(k, [])) < job[2] for k, job in enumerate(jobs)):
+        await asyncio.sleep(0.01)
+    await engine.stop()
+    return {k: trace.times[k][-1] - start[k] for k in start}
+
+
+def mean_itl(n_requests: int) -> float:
+    trace = Trace()
+
+    async def main() -> None:
+        await run(SimEngine(FAST), [(0.0, 32, 30)] * n_requests, trace)
+
+    asyncio.run(main())
+    return statistics.fmean(statistics.fmean(trace.itls(k)) for k in trace.times)
+
+
+def test_tpot_grows_with_the_number_of_running_requests() -> None:
+    one, many = mean_itl(1), mean_itl(48)
+    assert one == pytest.approx(0.004 + 0.0002, rel=0.15)
+    assert many == pytest.approx(0.004 + 0.0002 * 48, rel=0.15)
+    assert many > 2 * one
+
+
+def test_a_long_prefill_stalls_the_running_decodes_for_one_step() -> None:
+    trace = Trace()
+
+    async def main() -> None:
+        # 4 short requests decode; 0.1 s later a 12k-token prompt arrives and is prefilled in one step
+        await run(SimEngine(FAST), [(0.0, 16, 60)] * 4 + [(0.1, 12000, 2)], trace)
+
+    asyncio.run(main())
+    itls = trace.itls(0)
+    base = statistics.median(itls)
+    assert base == pytest.approx(0.004 + 0.0002 * 4, rel=0.2)
+    assert max(itls) > base + 0.04  # the 12k-token step costs ~48 ms more
+    assert sum(1 for x in itls if x > base + 0.02) <= 2  # one step (two if the 12k prompt is chunked)
+
+
+def test_a_small_kv_cache_preempts_recomputes_and_loses_nothing() -> None:
+    jobs = [(0.0, 100, 120)] * 16
+    results = {}
+    for capacity in (1_000_000, 2400):
+        trace = Trace()
+        engine = SimEngine(FAST, kv_capacity_tokens=capacity)
+
+        async def main(engine: SimEngine = engine, trace: Trace = trace) -> dict[int, float]:
+            return await run(engine, jobs, trace)
+
+        e2e = asyncio.run(main())
+        for key in range(len(jobs)):
+            assert trace.counts[key] == list(range(1, 121))  # every token once, in order: nothing lost
+        results[capacity] = (engine.preemptions_total, statistics.fmean(e2e.values()), max(e2e.values()))
+    assert results[1_000_000][0] == 0
+    assert results[2400][0] > 0
+    assert results[2400][1] > results[1_000_000][1]  # longer E2EL on average
+    assert results[2400][2] > results[1_000_000][2] * 1.2  # and much longer for the preempted requests
+
+
+def test_profiles_are_documented_models() -> None:
+    for name, profile in PROFILES.items():
+        assert profile.name == name and profile.description
+    h200 = PROFILES["h200-vllm"]
+    # the MoE weight stream saturates with batch size: the step hardly grows beyond ~128 sequences
+    assert h200.step_time(256, 256, 0, 0) - h200.step_time(128, 128, 0, 0) < 0.003
+    assert h200.step_time(1, 1, 0, 0) < h200.step_time(64, 64, 0, 0) < 0.035
+
+
+def test_preemptions_show_in_metrics_over_http(start_sim) -> None:
+    from pytest_llmperf.loadgen import BenchSettings, random_requests, run_benchmark_sync
+    from pytest_llmperf.tokenizer import SimTokenizer
+
+    server = start_sim("--kv-cache-tokens", "1200")
+    reqs = random_requests(SimTokenizer(), num_requests=12, input_len=60, output_len=80, seed=3)
+    result = run_benchmark_sync(BenchSettings(base_url=server.base_url, model="llmperf-sim", ignore_eos=True), reqs)
+    assert result.metrics.completed == 12 and result.metrics.total_output == 12 * 80
+    text = httpx.get(server.base_url + "/metrics").text
+    preemptions = float(
+        next(line for line in text.splitlines() if line.startswith("vllm:num_preemptions_total")).split()[-1]
+    )
+    assert preemptions > 0
+    assert 'vllm:time_to_first_token_seconds_bucket{model_name="llmperf-sim",le="+Inf"} 13.0' in text  # + probe
+    assert "vllm:inter_token_latency_seconds_count" in text and "vllm:e2e_request_latency_seconds_sum" in text
+
+
+def test_deterministic_profile_keeps_every_token_on_schedule_at_1000_streams(start_sim) -> None:
+    from pytest_llmperf.loadgen import BenchSettings, random_requests, run_benchmark_sync
+    from pytest_llmperf.tokenizer import SimTokenizer
+
+    cpus = sorted(os.sched_getaffinity(0))
+    server = start_sim(profile="deterministic", ttft_ms=50, itl_ms=50, pin_cpu=cpus[0] if len(cpus) > 1 else None)
+    httpx.post(server.base_url + "/llmperf/reset_timing")
+    reqs = random_requests(SimTokenizer(), num_requests=1000, input_len=8, output_len=40, seed=0)
+    settings = BenchSettings(base_url=server.base_url, model="llmperf-sim", ignore_eos=True, prewarm_connections=True)
+    if len(cpus) > 1:  # the client on the other core(s), as in benchmarks/sim_throughput.py
+        os.sched_setaffinity(0, cpus[1:])
+    try:
+        result = run_benchmark_sync(settings, reqs)
+    finally:
+        os.sched_setaffinity(0, cpus)
+    assert result.metrics.completed == 1000
+    metrics = {}
+    for line in httpx.get(server.base_url + "/metrics").text.splitlines():
+        if line.startswith("llmperf_sim:"):
+            metrics[line.split("{")[0]] = float(line.split()[-1])
+    assert metrics["llmperf_sim:tokens_scheduled"] == 40_000
+    assert metrics["llmperf_sim:late_tokens"] == 0, metrics  # server-side: every token within 5 ms of schedule
+    assert metrics["llmperf_sim:max_lateness_seconds"] < 0.005
