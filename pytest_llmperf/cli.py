@@ -13,6 +13,7 @@ commands:
   sim serve [OPTIONS]     run the simulated engine (OpenAI API as vLLM serves it); see `llmperf sim serve --help`
   sim tokenizer DIR       write the simulated engine's tokenizer as a Hugging Face tokenizer directory
   bench serve [OPTIONS]   benchmark a server: a drop-in for `vllm bench serve`; see `llmperf bench serve --help`
+  matrix PATH             print every engine config's launch command, environment, markers and workloads
 """
 
 
@@ -40,7 +41,13 @@ def _bench(args: list[str]) -> int:
     return 2
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"sim": _sim, "bench": _bench}
+def _matrix(args: list[str]) -> int:
+    from pytest_llmperf.matrix_cli import main as matrix_main
+
+    return matrix_main(args)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"sim": _sim, "bench": _bench, "matrix": _matrix}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,8 @@ __all__ = [
     "Matrix",
     "MatrixDefaults",
     "SimOptions",
+    "Speculative",
+    "Unsupported",
     "Workload",
     "expand_cases",
     "load_matrix",
@@ -83,31 +85,112 @@ class SimOptions(_Strict):
     seed: int = 0
 
 
+class Unsupported(_Strict):
+    """A configuration the engine is known to reject at start-up: a strict expected failure.
+
+    ``match`` is a regular expression searched in the server's log; ``message`` (optional) is the
+    engine's error text as published, which ``--llmperf-simulate`` makes the simulator print.
+    """
+
+    match: str
+    reason: str
+    issue: str | None = None
+    message: str | None = None
+
+    @field_validator("match")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class Speculative(_Strict):
+    """Speculative decoding. vLLM renders ``--speculative-config`` JSON from ``method`` and
+    ``num_speculative_tokens``; SGLang renders its EAGLE flags from ``algorithm``, ``num_steps``,
+    ``eagle_topk`` and ``num_draft_tokens``."""
+
+    method: str | None = None
+    num_speculative_tokens: int | None = Field(default=None, ge=1)
+    algorithm: str | None = None
+    num_steps: int | None = Field(default=None, ge=1)
+    eagle_topk: int | None = Field(default=None, ge=1)
+    num_draft_tokens: int | None = Field(default=None, ge=1)
+
+
 class EngineConfig(_Strict):
-    """One engine server configuration: what is launched, once, for all its workloads."""
+    """One engine server configuration: what is launched, once, for all its workloads.
+
+    The typed knobs are rendered into each engine's own flags and environment (see
+    ``pytest_llmperf/engines/launch.py``); ``extra_args`` and ``env`` are appended as they are.
+    """
 
     id: str
     engine: EngineName
     model: str
+    version: str | None = None  # the engine version the config is written for (selects renamed flags)
     served_model_name: str | None = None
-    tensor_parallel_size: int | None = Field(None, ge=1)
-    data_parallel_size: int | None = Field(None, ge=1)
-    enable_expert_parallel: bool = False
-    max_model_len: int | None = Field(None, ge=1)
-    max_num_seqs: int | None = Field(None, ge=1)
+    host: str | None = None  # listen address; default 127.0.0.1 (the client always uses loopback)
+    port: int | None = Field(default=None, ge=1, le=65535)  # default: a free port chosen at launch
+    tensor_parallel_size: int | None = Field(default=None, ge=1)
+    data_parallel_size: int | None = Field(default=None, ge=1)
+    pipeline_parallel_size: int | None = Field(default=None, ge=1)
+    decode_context_parallel_size: int | None = Field(default=None, ge=1)
+    enable_expert_parallel: bool = False  # vLLM: EP over TP x DP
+    expert_parallel_size: int | None = Field(default=None, ge=1)  # SGLang, TensorRT-LLM
+    dp_attention: bool = False  # SGLang --enable-dp-attention
+    attention_backend: str | None = None
+    prefill_attention_backend: str | None = None  # SGLang NSA/DSA prefill backend
+    decode_attention_backend: str | None = None  # SGLang NSA/DSA decode backend
+    kv_cache_dtype: str | None = None
+    max_model_len: int | None = Field(default=None, ge=1)
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    speculative: Speculative | None = None
+    tokenizer_mode: str | None = None
+    reasoning_parser: str | None = None
+    tool_call_parser: str | None = None
+    enable_auto_tool_choice: bool = False
+    chat_template: str | None = None
+    deep_gemm: bool | None = None  # False: turn DeepGEMM off through the engine's environment switch
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] = Field(default_factory=dict)
-    startup_timeout_s: float = Field(600.0, gt=0)
+    gpus: int | None = Field(default=None, ge=0)  # GPUs the server needs; default: the parallel sizes' product
+    tokenizer: str | None = None  # a local tokenizer for building prompts; default: the server's /tokenize
+    startup_timeout_s: float = Field(default=600.0, gt=0)
     markers: tuple[str, ...] = ()
     workloads: tuple[str, ...] | None = None
+    unsupported: Unsupported | None = None
+    knob: str | None = None  # the study's optimization option this config varies (reports)
+    derives_from: str | None = None  # the config id it changes one knob of (reports)
+    note: str | None = None
     sim: SimOptions = Field(default_factory=lambda: SimOptions())
 
     _id = field_validator("id")(_check_id)
+
+    @model_validator(mode="after")
+    def _engine_specific(self) -> EngineConfig:
+        if self.enable_expert_parallel and self.engine not in ("vllm", "sim"):
+            raise ValueError("enable_expert_parallel is vLLM's switch; use expert_parallel_size for " + self.engine)
+        if self.dp_attention and self.engine not in ("sglang", "sim"):
+            raise ValueError("dp_attention is an SGLang switch (vLLM: data_parallel_size with enable_expert_parallel)")
+        return self
 
     @property
     def request_model(self) -> str:
         """The model name sent in requests (vLLM's ``--served-model-name`` when set)."""
         return self.served_model_name or self.model
+
+    @property
+    def gpus_needed(self) -> int:
+        if self.gpus is not None:
+            return self.gpus
+        if self.engine == "sim":
+            return 0
+        if self.engine == "sglang" and self.dp_attention:
+            return self.tensor_parallel_size or 1  # DP attention ranks live inside the TP group
+        return (self.tensor_parallel_size or 1) * (self.data_parallel_size or 1) * (self.pipeline_parallel_size or 1)
 
 
 class Workload(_Strict):

@@ -7,7 +7,10 @@
     ├── BaselineError          a baseline file cannot be read (corrupt, unknown schema version)
     ├── DatasetError           a dataset cannot be built (missing file, bad lengths)
     └── ServerError            an engine server did not come up or died
-        ├── ServerStartupError     exited before it became ready
+        ├── ServerStartupError     exited before it became ready (class unknown)
+        │   ├── UnsupportedConfigError   the engine rejected the configuration (its reason in the message)
+        │   ├── ServerOutOfMemoryError   the engine ran out of (GPU) memory
+        │   └── ServerCrashError         the engine crashed (a traceback, a dead scheduler or worker)
         └── ServerTimeoutError     did not become ready within its start-up timeout
 
 Every message names the thing at fault and the next step a user can take.
@@ -20,9 +23,12 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "LlmperfError",
+    "ServerCrashError",
     "ServerError",
+    "ServerOutOfMemoryError",
     "ServerStartupError",
     "ServerTimeoutError",
+    "UnsupportedConfigError",
 ]
 
 
@@ -45,11 +51,24 @@ class DatasetError(LlmperfError):
 class ServerError(LlmperfError):
     """An engine server failed. ``log_tail`` holds the last lines of its output."""
 
-    def __init__(self, message: str, *, config_id: str, log_path: str | None = None, log_tail: str = ""):
+    kind = "server failure"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        config_id: str,
+        log_path: str | None = None,
+        log_tail: str = "",
+        matched: tuple[str, ...] = (),
+    ):
         self.config_id = config_id
         self.log_path = log_path
         self.log_tail = log_tail
+        self.matched = matched
         full = message
+        if matched:
+            full += "\n--- the lines that identify it ---\n" + "\n".join(matched)
         if log_tail:
             full += f"\n--- last lines of {log_path} ---\n{log_tail}"
         super().__init__(full)
@@ -58,6 +77,28 @@ class ServerError(LlmperfError):
 class ServerStartupError(ServerError):
     """The server process exited before it became ready."""
 
+    kind = "start-up failure"
+
+
+class UnsupportedConfigError(ServerStartupError):
+    """The engine rejected the configuration at start-up."""
+
+    kind = "unsupported configuration"
+
+
+class ServerOutOfMemoryError(ServerStartupError):
+    """The engine ran out of memory at start-up."""
+
+    kind = "out of memory"
+
+
+class ServerCrashError(ServerStartupError):
+    """The engine crashed at start-up."""
+
+    kind = "crash"
+
 
 class ServerTimeoutError(ServerError):
     """The server did not become ready within its start-up timeout."""
+
+    kind = "start-up timeout"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import subprocess
 import warnings
 from dataclasses import dataclass, field, replace
@@ -25,9 +26,11 @@ import pytest
 from pytest_llmperf import __version__
 from pytest_llmperf.baseline import Baseline, Provenance, baseline_path, load_baseline
 from pytest_llmperf.config import Case, EngineConfig, Workload
+from pytest_llmperf.engines.classify import read_log
 from pytest_llmperf.engines.launch import canonical_command
 from pytest_llmperf.errors import BaselineError, DatasetError, ServerError
 from pytest_llmperf.gate import compare_samples, format_failure, overall_verdict
+from pytest_llmperf.hardware import hardware_key
 from pytest_llmperf.loadgen import BenchmarkResult, BenchSettings, SampleRequest, run_benchmark_sync
 from pytest_llmperf.loadgen.datasets import random_requests, sharegpt_requests
 from pytest_llmperf.report import RESULT_PROPERTY
@@ -66,26 +69,13 @@ class PerfResult:
         return [w for run in self.runs for w in run.client_warnings]
 
 
-def _hardware(cfg: EngineConfig) -> dict[str, Any]:
+def _hardware(cfg: EngineConfig, state: LlmperfSession) -> dict[str, Any]:
     if cfg.engine == "sim":
         # modelled time: results do not depend on the host, only on the simulator's profile
         return {"kind": "simulated", "profile": cfg.sim.profile}
-    return {"kind": "host", "gpus": _gpu_fingerprint()}
-
-
-def _gpu_fingerprint() -> str:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "none"
-    names = [line.strip() for line in out.splitlines() if line.strip()]
-    return f"{len(names)}x {names[0]}" if names else "none"
+    if state.simulate:
+        return {"kind": "simulated", "profile": f"h200-{cfg.engine}"}
+    return hardware_key(state.gpus)
 
 
 def _git_commit(root: Path) -> str | None:
@@ -215,7 +205,7 @@ class PerfGate:
                 "command": canonical_command(engine),
             },
             workload=self.case.workload.model_dump(mode="json", exclude={"markers"}),
-            hardware=_hardware(engine),
+            hardware=_hardware(engine, self.state),
             provenance=Provenance(
                 date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 plugin_version=__version__,
@@ -235,14 +225,15 @@ class PerfGate:
             problem = str(exc).replace(str(self.path), rel)
         if problem:  # failed outside the except block: one message, no chained traceback
             pytest.fail(f"[{self.case.id}] {problem}", pytrace=False)
-        hw_now = _hardware(self.case.engine)
+        hw_now = _hardware(self.case.engine, self.state)
         hw_diff = []
-        if baseline is not None and baseline.hardware != hw_now:
-            keys = sorted(set(baseline.hardware) | set(hw_now))
+        if baseline is not None:
+            # keys known on both sides must agree (a published baseline may not know the driver)
+            shared = sorted(set(baseline.hardware) & set(hw_now))
             hw_diff = [
-                f"{k}: baseline {baseline.hardware.get(k)!r}, now {hw_now.get(k)!r}"
-                for k in keys
-                if baseline.hardware.get(k) != hw_now.get(k)
+                f"{k}: baseline {baseline.hardware[k]!r}, now {hw_now[k]!r}"
+                for k in shared
+                if baseline.hardware[k] != hw_now[k]
             ]
         rows = compare_samples(
             None if (baseline is None or hw_diff) else baseline.metrics,
@@ -330,14 +321,40 @@ def llmperf_workload(llmperf_case: Case) -> Workload:
 @pytest.fixture
 def llmperf_server(request: pytest.FixtureRequest, llmperf_case: Case) -> RunningServer:
     """The running server of this test's engine config (shared by all its tests; started once)."""
-    problem = ""
+    cfg = llmperf_case.engine
+    error: ServerError | None = None
     try:
-        server = _state(request).pool.acquire(llmperf_case.engine)
+        server = _state(request).pool.acquire(cfg)
     except ServerError as exc:
-        problem = str(exc)
-    if problem:
-        pytest.fail(problem, pytrace=False)
+        error = exc
+    unsupported = cfg.unsupported
+    if unsupported is not None:
+        where = f"{_state(request).relative(llmperf_case.matrix_path)}, engines (id={cfg.id!r}), field 'unsupported'"
+        if error is None:
+            pytest.fail(
+                f"XPASS(strict) [{cfg.id}] is declared unsupported ({unsupported.reason}) but its server started. "
+                f"If the engine now supports it, remove the entry at {where}.",
+                pytrace=False,
+            )
+        hits = _matching_lines(unsupported.match, error)
+        if hits:
+            issue = f" ({unsupported.issue})" if unsupported.issue else ""
+            pytest.xfail(f"[{cfg.id}] unsupported: {unsupported.reason}{issue}; the engine said: {hits[0]}")
+        pytest.fail(
+            f"{error}\n[{cfg.id}] is declared unsupported, but this failure does not match its pattern "
+            f"{unsupported.match!r} ({where}): a different failure, not the known one.",
+            pytrace=False,
+        )
+    if error is not None:
+        pytest.fail(str(error), pytrace=False)
     return server
+
+
+def _matching_lines(pattern: str, error: ServerError) -> list[str]:
+    text = read_log(error.log_path) if error.log_path else ""
+    text = text or str(error)
+    regex = re.compile(pattern)
+    return [line.strip() for line in text.splitlines() if regex.search(line) and not line.startswith("### llmperf")]
 
 
 @pytest.fixture

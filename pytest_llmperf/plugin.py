@@ -23,8 +23,9 @@ from pytest_llmperf.fixtures import (
     llmperf_server,
     llmperf_workload,
 )
+from pytest_llmperf.hardware import REQUIREMENTS, missing_hardware
 from pytest_llmperf.report import ResultCollector
-from pytest_llmperf.session import LlmperfSession, ServerPool, session_key
+from pytest_llmperf.session import build_session, session_key
 
 __all__ = [
     "llmperf_bench",
@@ -35,7 +36,6 @@ __all__ = [
     "llmperf_workload",
 ]
 
-UPDATE_MODES = ("failing", "all")
 MARKERS = (
     "llmperf_matrix(path): parametrize this module's perf tests with the matrix file at path (relative to the module)",
     "llmperf(tolerance={metric: fraction}): per-test gate settings",
@@ -88,68 +88,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         help="ShareGPT V3 JSON file for sharegpt workloads (default: $LLMPERF_SHAREGPT)",
     )
+    group.addoption(
+        "--llmperf-simulate",
+        action="store_true",
+        help="run every engine config on the simulated engine (its own command line, an H200-shaped profile); "
+        "results and baselines are keyed apart from real hardware (baselines/simulated/)",
+    )
+    group.addoption(
+        "--llmperf-base-url",
+        default=None,
+        metavar="URL",
+        help="benchmark an already running server for every config instead of launching one",
+    )
+    group.addoption(
+        "--llmperf-endpoints",
+        default=None,
+        metavar="FILE",
+        help="TOML or JSON mapping config ids to base URLs of running servers (external-endpoint mode)",
+    )
     parser.addini("llmperf_baseline_dir", "directory of baseline files, relative to the rootdir", default="baselines")
     parser.addini("llmperf_repeats", "measured runs per workload", default="3")
     parser.addini("llmperf_tolerance", "default relative tolerance of gated metrics", default="0.05")
 
 
-def _usage_int(value: str, what: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise pytest.UsageError(f"{what} must be an integer, got {value!r}") from None
-
-
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
-    update = config.getoption("llmperf_update_baselines")
-    if update is not None and update not in UPDATE_MODES:
-        # `--llmperf-update-baselines perf_tests`: the optional value swallowed a path; give it back
-        if os.path.exists(update.split("::")[0]):
-            config.args.append(update)
-            update = "failing"
-        else:
-            raise pytest.UsageError(
-                f"--llmperf-update-baselines={update!r}: expected 'failing' (the default) or 'all', "
-                "e.g. --llmperf-update-baselines=all"
-            )
-    repeats_opt = config.getoption("llmperf_repeats")
-    repeats = (
-        repeats_opt if repeats_opt is not None else _usage_int(config.getini("llmperf_repeats"), "ini llmperf_repeats")
-    )
-    if repeats < 1:
-        raise pytest.UsageError(f"--llmperf-repeats must be at least 1, got {repeats}")
-    slowdown = config.getoption("llmperf_sim_slowdown")
-    if slowdown <= 0:
-        raise pytest.UsageError(f"--llmperf-sim-slowdown must be positive, got {slowdown}")
-    try:
-        tolerance = float(config.getini("llmperf_tolerance"))
-    except ValueError:
-        raise pytest.UsageError(
-            f"ini llmperf_tolerance must be a fraction, got {config.getini('llmperf_tolerance')!r}"
-        ) from None
-    if not 0 < tolerance < 1:
-        raise pytest.UsageError(f"ini llmperf_tolerance must be in (0, 1), got {tolerance}")
-    root = Path(config.rootpath)
-    baseline_dir = Path(config.getoption("llmperf_baseline_dir") or config.getini("llmperf_baseline_dir"))
-    log_dir = Path(config.getoption("llmperf_log_dir") or root / ".llmperf" / "logs")
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker:
-        log_dir = log_dir / worker
-    config.stash[session_key] = LlmperfSession(
-        rootdir=root,
-        baseline_dir=baseline_dir if baseline_dir.is_absolute() else root / baseline_dir,
-        update=update,
-        repeats=repeats,
-        default_tolerance=tolerance,
-        sharegpt=config.getoption("llmperf_sharegpt"),
-        pool=ServerPool(log_dir if log_dir.is_absolute() else root / log_dir, slowdown),
-    )
+    state = build_session(config)  # raises pytest.UsageError with the fix for bad options
+    config.stash[session_key] = state
     # one server per engine config under pytest-xdist: keep each config's tests on one worker
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadgroup"
-    config.pluginmanager.register(ResultCollector(config.stash[session_key]), "llmperf-results")
+    config.pluginmanager.register(ResultCollector(state), "llmperf-results")
     install_signal_handlers()
 
 
@@ -187,7 +157,16 @@ def _case(item: pytest.Item | None) -> Case | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep the tests of one engine config together, so that its server starts once."""
+    """Skip tests whose hardware is missing; keep the tests of one engine config together, so that
+    its server starts once."""
+    state = config.stash[session_key]
+    if not state.simulate and not state.pool.endpoints:
+        for item in items:
+            for name in REQUIREMENTS:
+                if item.get_closest_marker(name) is not None:
+                    reason = missing_hardware(name, state.gpus)
+                    if reason:
+                        item.add_marker(pytest.mark.skip(reason=reason))
     first_seen: dict[str, int] = {}
     keys: list[int] = []
     for index, item in enumerate(items):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,99 +13,16 @@ from typing import Any
 import pytest
 
 from pytest_llmperf.baseline import Baseline, write_baseline
-from pytest_llmperf.config import EngineConfig, Matrix, load_matrix
-from pytest_llmperf.engines import ServerProcess, free_port, render_launch
-from pytest_llmperf.engines.process import tail
-from pytest_llmperf.errors import ServerError
+from pytest_llmperf.config import Matrix, load_matrix
+from pytest_llmperf.engines.pool import RunningServer, ServerPool
+from pytest_llmperf.hardware import Gpu, detect_gpus
 
-__all__ = ["LlmperfSession", "RunningServer", "ServerPool", "session_key"]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
-
-@dataclass(frozen=True)
-class RunningServer:
-    """What a test sees of its engine server."""
-
-    config: EngineConfig
-    base_url: str
-    model: str
-    command: str
-    log_path: Path
-    version: str | None
-    startup_s: float | None
-    process: ServerProcess | None = field(default=None, compare=False, repr=False)  # None for external servers
-
-    def check_alive(self) -> None:
-        """Raise :class:`ServerError` with the log tail if the server process has exited."""
-        proc = self.process
-        if proc is not None and not proc.alive():
-            code = proc.proc.returncode if proc.proc is not None else "?"
-            raise ServerError(
-                f"[{self.config.id}] the server died during the benchmark (exit code {code})",
-                config_id=self.config.id,
-                log_path=str(self.log_path),
-                log_tail=tail(self.log_path),
-            )
-
-
-class ServerPool:
-    """At most one server per engine config, started on first use and stopped after its last test.
-
-    A config whose server failed to start is not started again in this session: its remaining
-    tests get the same error at once.
-    """
-
-    def __init__(self, log_dir: Path, sim_slowdown: float) -> None:
-        self.log_dir = log_dir
-        self.sim_slowdown = sim_slowdown
-        self._servers: dict[str, tuple[ServerProcess, RunningServer]] = {}
-        self._failed: dict[str, ServerError] = {}
-        self.launches: dict[str, int] = {}
-
-    def acquire(self, cfg: EngineConfig) -> RunningServer:
-        if cfg.id in self._failed:
-            raise self._failed[cfg.id]
-        entry = self._servers.get(cfg.id)
-        if entry is not None:
-            proc, running = entry
-            if proc.alive():
-                return running
-            del self._servers[cfg.id]
-            err = ServerError(
-                f"[{cfg.id}] server died while in use (exit code {proc.proc.returncode if proc.proc else '?'})",
-                config_id=cfg.id,
-                log_path=str(proc.log_path),
-                log_tail=tail(proc.log_path),
-            )
-            proc.stop()
-            self._failed[cfg.id] = err
-            raise err
-        port = free_port()
-        spec = render_launch(cfg, port=port, sim_slowdown=self.sim_slowdown)
-        base_url = f"http://127.0.0.1:{port}"
-        log_path = self.log_dir / f"{cfg.id}.log"
-        proc = ServerProcess(
-            spec, base_url=base_url, model=cfg.request_model, log_path=log_path, startup_timeout_s=cfg.startup_timeout_s
-        )
-        self.launches[cfg.id] = self.launches.get(cfg.id, 0) + 1
-        try:
-            proc.start()
-        except ServerError as exc:
-            self._failed[cfg.id] = exc
-            raise
-        running = RunningServer(
-            cfg, base_url, cfg.request_model, spec.shell(), log_path, proc.version(), proc.startup_s, proc
-        )
-        self._servers[cfg.id] = (proc, running)
-        return running
-
-    def release(self, config_id: str) -> None:
-        entry = self._servers.pop(config_id, None)
-        if entry is not None:
-            entry[0].stop()
-
-    def close(self) -> None:
-        for config_id in list(self._servers):
-            self.release(config_id)
+__all__ = ["LlmperfSession", "RunningServer", "ServerPool", "build_session", "session_key"]
 
 
 @dataclass
@@ -115,11 +34,23 @@ class LlmperfSession:
     default_tolerance: float
     sharegpt: str | None
     pool: ServerPool
+    simulate: bool = False
+    _gpus: list[Gpu] | None = None
+    _gpus_detected: bool = False
     pending: dict[Path, Baseline] = field(default_factory=dict)
     written: list[Path] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
     _matrices: dict[Path, Matrix] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+
+    @property
+    def gpus(self) -> list[Gpu] | None:
+        """The node's GPUs, detected once (``None``: no nvidia-smi)."""
+        if not self._gpus_detected:
+            self._gpus = detect_gpus()
+            self._gpus_detected = True
+            self.pool.gpus = self._gpus
+        return self._gpus
 
     def matrix(self, path: Path) -> Matrix:
         path = path.resolve()
@@ -145,3 +76,93 @@ class LlmperfSession:
 
 
 session_key = pytest.StashKey[LlmperfSession]()
+
+
+UPDATE_MODES = ("failing", "all")
+
+
+def _usage_int(value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise pytest.UsageError(f"{what} must be an integer, got {value!r}") from None
+
+
+def load_endpoints(path: str) -> dict[str, str]:
+    """A mapping of config ids to base URLs, from TOML (``id = "http://..."``) or JSON."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise pytest.UsageError(f"--llmperf-endpoints {path}: cannot read it ({exc})") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--llmperf-endpoints {path}: not valid {p.suffix[1:] or 'TOML'} ({exc})") from None
+    bad = [k for k, v in data.items() if not isinstance(v, str) or not v.startswith(("http://", "https://"))]
+    if bad:
+        raise pytest.UsageError(
+            f'--llmperf-endpoints {path}: entries {bad} must map a config id to a base URL like "http://10.0.0.5:8000"'
+        )
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def build_session(config: pytest.Config) -> LlmperfSession:
+    """Read and check the plugin's options; every problem is a ``pytest.UsageError`` with the fix."""
+    update = config.getoption("llmperf_update_baselines")
+    if update is not None and update not in UPDATE_MODES:
+        # `--llmperf-update-baselines perf_tests`: the optional value swallowed a path; give it back
+        if os.path.exists(update.split("::")[0]):
+            config.args.append(update)
+            update = "failing"
+        else:
+            raise pytest.UsageError(
+                f"--llmperf-update-baselines={update!r}: expected 'failing' (the default) or 'all', "
+                "e.g. --llmperf-update-baselines=all"
+            )
+    repeats_opt = config.getoption("llmperf_repeats")
+    repeats = (
+        repeats_opt if repeats_opt is not None else _usage_int(config.getini("llmperf_repeats"), "ini llmperf_repeats")
+    )
+    if repeats < 1:
+        raise pytest.UsageError(f"--llmperf-repeats must be at least 1, got {repeats}")
+    slowdown = config.getoption("llmperf_sim_slowdown")
+    if slowdown <= 0:
+        raise pytest.UsageError(f"--llmperf-sim-slowdown must be positive, got {slowdown}")
+    try:
+        tolerance = float(config.getini("llmperf_tolerance"))
+    except ValueError:
+        raise pytest.UsageError(
+            f"ini llmperf_tolerance must be a fraction, got {config.getini('llmperf_tolerance')!r}"
+        ) from None
+    if not 0 < tolerance < 1:
+        raise pytest.UsageError(f"ini llmperf_tolerance must be in (0, 1), got {tolerance}")
+    endpoints: dict[str, str] = {}
+    if config.getoption("llmperf_endpoints"):
+        endpoints = load_endpoints(config.getoption("llmperf_endpoints"))
+    base_url = config.getoption("llmperf_base_url")
+    if base_url:
+        if not base_url.startswith(("http://", "https://")):
+            raise pytest.UsageError(f"--llmperf-base-url {base_url!r}: expected a URL like http://127.0.0.1:8000")
+        endpoints.setdefault("*", base_url)
+    simulate = bool(config.getoption("llmperf_simulate"))
+    root = Path(config.rootpath)
+    baseline_dir = Path(config.getoption("llmperf_baseline_dir") or config.getini("llmperf_baseline_dir"))
+    baseline_dir = baseline_dir if baseline_dir.is_absolute() else root / baseline_dir
+    if simulate:  # simulated results never mix with real-hardware baselines
+        baseline_dir = baseline_dir / "simulated"
+    log_dir = Path(config.getoption("llmperf_log_dir") or root / ".llmperf" / "logs")
+    log_dir = log_dir if log_dir.is_absolute() else root / log_dir
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        log_dir = log_dir / worker
+    return LlmperfSession(
+        rootdir=root,
+        baseline_dir=baseline_dir,
+        update=update,
+        repeats=repeats,
+        default_tolerance=tolerance,
+        sharegpt=config.getoption("llmperf_sharegpt"),
+        pool=ServerPool(log_dir, slowdown, simulate=simulate, endpoints=endpoints),
+        simulate=simulate,
+    )

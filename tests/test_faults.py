@@ -42,14 +42,17 @@ def test_serving(llmperf_bench, llmperf_gate):
             ["--fail-at-startup", "ValueError: unsupported backend"],
             30,
             "errors",
-            ["[faulty] server exited with code 1 before it became ready", "ValueError: unsupported backend"],
+            [
+                "[faulty] unsupported configuration: server exited with code 1 before it became ready",
+                "--- the lines that identify it ---\nValueError: unsupported backend",
+            ],
             id="fail-at-startup",
         ),
         pytest.param(
             ["--crash-after", "0"],
             30,
             "errors",
-            ["[faulty] server exited with code 3 before it became ready", "crashing on request 1"],
+            ["[faulty] start-up failure: server exited with code 3 before it became ready", "crashing on request 1"],
             id="die-on-first-request",
         ),
         pytest.param(

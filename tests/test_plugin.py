@@ -242,7 +242,11 @@ extra_args = ["--fail-at-startup", "RuntimeError: CUDA out of memory"]
     pytester.makeini("[pytest]\nllmperf_repeats = 1\n")
     result = pytester.runpytest("--llmperf-update-baselines", "--llmperf-log-dir", "logs")
     result.assert_outcomes(passed=2, errors=2)
-    has_lines(result, "[broken] server exited with code 1 before it became ready", "RuntimeError: CUDA out of memory")
+    has_lines(
+        result,
+        "[broken] out of memory: server exited with code 1 before it became ready",
+        "RuntimeError: CUDA out of memory",
+    )
     log = (pytester.path / "logs" / "broken.log").read_text()
     assert log.count("### llmperf: launching") == 1  # a failed config is not launched again
 

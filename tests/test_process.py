@@ -8,7 +8,7 @@ import time
 import pytest
 
 from pytest_llmperf.engines import group_members
-from pytest_llmperf.errors import ServerStartupError, ServerTimeoutError
+from pytest_llmperf.errors import ServerStartupError, ServerTimeoutError, UnsupportedConfigError
 
 
 def pid_alive(pid: int) -> bool:
@@ -59,7 +59,9 @@ def test_startup_failure_shows_exit_code_and_log_tail(start_sim) -> None:
     with pytest.raises(ServerStartupError) as exc:
         start_sim("--fail-at-startup", "ValueError: backend FLASHMLA is not supported", "--fail-exit-code", "7")
     msg = str(exc.value)
-    assert "[sim0] server exited with code 7 before it became ready" in msg
+    assert "[sim0] unsupported configuration: server exited with code 7 before it became ready" in msg
+    assert isinstance(exc.value, UnsupportedConfigError)
+    assert exc.value.matched == ("ValueError: backend FLASHMLA is not supported",)
     assert "--- last lines of" in msg and "ValueError: backend FLASHMLA is not supported" in msg
     assert exc.value.config_id == "sim0"
 

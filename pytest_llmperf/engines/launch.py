@@ -1,14 +1,35 @@
-"""Render an :class:`EngineConfig` into the command line and environment that start its server."""
+"""Render an :class:`EngineConfig` into the command line and environment that start its server.
+
+Each engine has its own spelling of the same knob (``-tp`` / ``--tp-size`` / ``--tp_size``);
+flags an engine renamed across versions are chosen by ``EngineConfig.version`` where it is known:
+
+* vLLM: ``VLLM_ATTENTION_BACKEND`` (environment) before 0.14, ``--attention-backend`` from 0.14 on
+  (the variable was deprecated by vLLM PR #26315 and is silently ignored by 0.26, issue #50292).
+* SGLang: the DeepSeek sparse-attention backends follow the ``attention_backend`` spelling the config
+  uses: ``nsa`` renders ``--nsa-prefill-backend``/``--nsa-decode-backend``, ``dsa`` the ``--dsa-*`` names.
+
+Without a port, the command is rendered as a user would type it (the engine's default port); the
+launcher adds ``--port N`` with a free port. ``--llmperf-simulate`` runs the same argument list on
+the simulated engine (:func:`simulate_launch`).
+"""
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
 import sys
 from dataclasses import dataclass, field
 
 from pytest_llmperf.config import EngineConfig
 
-__all__ = ["LaunchSpec", "canonical_command", "render_launch"]
+__all__ = ["LaunchSpec", "canonical_command", "engine_prefix", "parse_version", "render_launch", "simulate_launch"]
+
+ENGINE_PREFIX: dict[str, tuple[str, ...]] = {
+    "vllm": ("vllm", "serve"),
+    "sglang": ("python3", "-m", "sglang.launch_server"),
+    "trtllm": ("trtllm-serve",),
+}
 
 
 @dataclass(frozen=True)
@@ -24,67 +45,203 @@ class LaunchSpec:
         return f"{env} {cmd}" if env else cmd
 
 
+def parse_version(version: str | None) -> tuple[int, ...] | None:
+    """``"v0.13.0"`` -> (0, 13, 0); ``"1.2.0rc5"`` -> (1, 2, 0); ``None`` when unknown."""
+    if not version:
+        return None
+    m = re.match(r"v?(\d+(?:\.\d+)*)", version.strip())
+    return tuple(int(x) for x in m.group(1).split(".")) if m else None
+
+
+def engine_prefix(engine: str) -> tuple[str, ...]:
+    return ENGINE_PREFIX.get(engine, ())
+
+
 def _opt(flag: str, value: object | None) -> list[str]:
     return [] if value is None else [flag, str(value)]
 
 
+def _flag(flag: str, on: bool) -> list[str]:
+    return [flag] if on else []
+
+
+def _vllm(cfg: EngineConfig, env: dict[str, str]) -> list[str]:
+    argv = [*ENGINE_PREFIX["vllm"], cfg.model]
+    argv += _opt("-tp", cfg.tensor_parallel_size)
+    argv += _opt("-dp", cfg.data_parallel_size)
+    argv += _opt("-pp", cfg.pipeline_parallel_size)
+    argv += _opt("-dcp", cfg.decode_context_parallel_size)
+    argv += _flag("--enable-expert-parallel", cfg.enable_expert_parallel)
+    argv += _opt("--tokenizer-mode", cfg.tokenizer_mode)
+    argv += _opt("--reasoning-parser", cfg.reasoning_parser)
+    argv += _opt("--tool-call-parser", cfg.tool_call_parser)
+    argv += _flag("--enable-auto-tool-choice", cfg.enable_auto_tool_choice)
+    argv += _opt("--chat-template", cfg.chat_template)
+    argv += _opt("--max-model-len", cfg.max_model_len)
+    argv += _opt("--max-num-seqs", cfg.max_num_seqs)
+    argv += _opt("--kv-cache-dtype", cfg.kv_cache_dtype)
+    if cfg.speculative is not None:
+        spec = {
+            k: v
+            for k, v in (
+                ("method", cfg.speculative.method),
+                ("num_speculative_tokens", cfg.speculative.num_speculative_tokens),
+            )
+            if v is not None
+        }
+        argv += ["--speculative-config", json.dumps(spec, separators=(",", ":"))]
+    if cfg.attention_backend is not None:
+        version = parse_version(cfg.version)
+        if version is not None and version < (0, 14):
+            env["VLLM_ATTENTION_BACKEND"] = cfg.attention_backend
+        else:
+            argv += ["--attention-backend", cfg.attention_backend]
+    if cfg.deep_gemm is False:
+        env["VLLM_USE_DEEP_GEMM"] = "0"
+    argv += _opt("--served-model-name", cfg.served_model_name)
+    return argv
+
+
+def _sglang(cfg: EngineConfig, env: dict[str, str]) -> list[str]:
+    argv = [*ENGINE_PREFIX["sglang"], "--model-path", cfg.model]
+    argv += _opt("--chat-template", cfg.chat_template)
+    argv += _opt("--tp-size", cfg.tensor_parallel_size)
+    argv += _opt("--dp-size", cfg.data_parallel_size)
+    argv += _flag("--enable-dp-attention", cfg.dp_attention)
+    argv += _opt("--ep-size", cfg.expert_parallel_size)
+    argv += _opt("--pp-size", cfg.pipeline_parallel_size)
+    argv += _opt("--reasoning-parser", cfg.reasoning_parser)
+    argv += _opt("--tool-call-parser", cfg.tool_call_parser)
+    argv += _opt("--context-length", cfg.max_model_len)
+    argv += _opt("--max-running-requests", cfg.max_num_seqs)
+    argv += _opt("--kv-cache-dtype", cfg.kv_cache_dtype)
+    argv += _opt("--attention-backend", cfg.attention_backend)
+    sparse = cfg.attention_backend if cfg.attention_backend in ("nsa", "dsa") else None
+    argv += _opt(
+        f"--{sparse}-prefill-backend" if sparse else "--prefill-attention-backend", cfg.prefill_attention_backend
+    )
+    argv += _opt(f"--{sparse}-decode-backend" if sparse else "--decode-attention-backend", cfg.decode_attention_backend)
+    if cfg.speculative is not None:
+        s = cfg.speculative
+        argv += _opt("--speculative-algorithm", s.algorithm)
+        argv += _opt("--speculative-num-steps", s.num_steps)
+        argv += _opt("--speculative-eagle-topk", s.eagle_topk)
+        argv += _opt("--speculative-num-draft-tokens", s.num_draft_tokens)
+    if cfg.deep_gemm is False:
+        env["SGLANG_ENABLE_JIT_DEEPGEMM"] = "0"
+    argv += _opt("--served-model-name", cfg.served_model_name)
+    return argv
+
+
+def _trtllm(cfg: EngineConfig, env: dict[str, str]) -> list[str]:
+    argv = [*ENGINE_PREFIX["trtllm"], cfg.model]
+    argv += _opt("--tp_size", cfg.tensor_parallel_size)
+    argv += _opt("--ep_size", cfg.expert_parallel_size)
+    argv += _opt("--pp_size", cfg.pipeline_parallel_size)
+    argv += _opt("--max_seq_len", cfg.max_model_len)
+    argv += _opt("--max_batch_size", cfg.max_num_seqs)
+    argv += _opt("--reasoning_parser", cfg.reasoning_parser)
+    if cfg.deep_gemm is False:
+        env["TRTLLM_DG_ENABLED"] = "0"
+    return argv
+
+
+def _sim(cfg: EngineConfig, python: str, sim_slowdown: float) -> list[str]:
+    s = cfg.sim
+    argv = [
+        python,
+        "-m",
+        "pytest_llmperf.sim",
+        "serve",
+        cfg.model,
+        "--profile",
+        s.profile,
+        "--seed",
+        str(s.seed),
+        "--slowdown",
+        f"{s.slowdown * sim_slowdown:g}",
+    ]
+    if s.profile == "deterministic":
+        argv += ["--ttft-ms", f"{s.ttft_ms:g}", "--itl-ms", f"{s.itl_ms:g}"]
+    argv += _opt("--served-model-name", cfg.served_model_name)
+    argv += _opt("--max-num-seqs", cfg.max_num_seqs)
+    argv += _opt("--max-model-len", cfg.max_model_len)
+    return argv
+
+
 def render_launch(
-    cfg: EngineConfig, *, port: int, host: str = "127.0.0.1", sim_slowdown: float = 1.0, python: str = sys.executable
+    cfg: EngineConfig,
+    *,
+    port: int | None = None,
+    host: str | None = None,
+    sim_slowdown: float = 1.0,
+    python: str = sys.executable,
 ) -> LaunchSpec:
-    """The exact command and environment for ``cfg``, listening on ``host:port``."""
-    argv: list[str]
-    if cfg.engine == "sim":
-        s = cfg.sim
-        argv = [
-            python,
-            "-m",
-            "pytest_llmperf.sim",
-            "serve",
-            cfg.model,
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--profile",
-            s.profile,
-            "--seed",
-            str(s.seed),
-            "--slowdown",
-            f"{s.slowdown * sim_slowdown:g}",
-        ]
-        if s.profile == "deterministic":
-            argv += ["--ttft-ms", f"{s.ttft_ms:g}", "--itl-ms", f"{s.itl_ms:g}"]
-        argv += _opt("--served-model-name", cfg.served_model_name)
-        argv += _opt("--max-num-seqs", cfg.max_num_seqs)
-        argv += _opt("--max-model-len", cfg.max_model_len)
-    elif cfg.engine == "vllm":
-        argv = ["vllm", "serve", cfg.model, "--host", host, "--port", str(port)]
-        argv += _opt("--tensor-parallel-size", cfg.tensor_parallel_size)
-        argv += _opt("--data-parallel-size", cfg.data_parallel_size)
-        argv += ["--enable-expert-parallel"] if cfg.enable_expert_parallel else []
-        argv += _opt("--max-model-len", cfg.max_model_len)
-        argv += _opt("--max-num-seqs", cfg.max_num_seqs)
-        argv += _opt("--served-model-name", cfg.served_model_name)
+    """The exact command and environment for ``cfg``.
+
+    ``port``/``host`` are added when given (or when the config fixes them); without them the
+    command is the one a user types by hand.
+    """
+    env: dict[str, str] = {}
+    if cfg.engine == "vllm":
+        argv = _vllm(cfg, env)
     elif cfg.engine == "sglang":
-        argv = ["python3", "-m", "sglang.launch_server", "--model-path", cfg.model, "--host", host, "--port", str(port)]
-        argv += _opt("--tp-size", cfg.tensor_parallel_size)
-        argv += _opt("--dp-size", cfg.data_parallel_size)
-        argv += _opt("--ep-size", cfg.tensor_parallel_size if cfg.enable_expert_parallel else None)
-        argv += _opt("--context-length", cfg.max_model_len)
-        argv += _opt("--max-running-requests", cfg.max_num_seqs)
-        argv += _opt("--served-model-name", cfg.served_model_name)
+        argv = _sglang(cfg, env)
     elif cfg.engine == "trtllm":
-        argv = ["trtllm-serve", cfg.model, "--host", host, "--port", str(port)]
-        argv += _opt("--tp_size", cfg.tensor_parallel_size)
-        argv += _opt("--ep_size", cfg.tensor_parallel_size if cfg.enable_expert_parallel else None)
-        argv += _opt("--max_seq_len", cfg.max_model_len)
-        argv += _opt("--max_batch_size", cfg.max_num_seqs)
-    else:  # pragma: no cover - the config model restricts engine names
-        raise ValueError(f"unknown engine {cfg.engine!r}")
+        argv = _trtllm(cfg, env)
+    else:
+        argv = _sim(cfg, python, sim_slowdown)
+    listen_host = host or cfg.host
+    listen_port = port if port is not None else cfg.port
+    if cfg.engine == "sglang":  # SGLang's scripts put the address right after the model
+        addr = _opt("--host", listen_host) + _opt("--port", listen_port)
+        argv = argv[:5] + addr + argv[5:]
+    else:
+        argv += _opt("--host", listen_host) + _opt("--port", listen_port)
     argv += list(cfg.extra_args)
-    return LaunchSpec(cfg.id, tuple(argv), dict(cfg.env))
+    env.update(cfg.env)
+    return LaunchSpec(cfg.id, tuple(argv), env)
+
+
+def simulate_launch(
+    cfg: EngineConfig, *, port: int, sim_slowdown: float = 1.0, python: str = sys.executable
+) -> LaunchSpec:
+    """Run ``cfg``'s engine command line on the simulated engine (``--llmperf-simulate``).
+
+    The simulator takes the engine's own arguments (ignoring those it does not model) with the
+    H200-shaped profile of that engine family. A config declared unsupported fails at start-up
+    with the engine's published error text, so the strict expected-failure path runs as on GPUs.
+    """
+    if cfg.engine == "sim":
+        return render_launch(cfg, port=port, host="127.0.0.1", sim_slowdown=sim_slowdown, python=python)
+    real = render_launch(cfg, port=None)
+    args = list(real.argv[len(ENGINE_PREFIX[cfg.engine]) :])
+    argv = [
+        python,
+        "-m",
+        "pytest_llmperf.sim",
+        "serve",
+        *args,
+        "--profile",
+        f"h200-{cfg.engine}",
+        "--slowdown",
+        f"{sim_slowdown:g}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    if cfg.served_model_name is None:
+        argv += ["--served-model-name", cfg.model]
+    if cfg.unsupported is not None:
+        argv += [
+            "--fail-at-startup",
+            cfg.unsupported.message or f"simulated start-up failure: {cfg.unsupported.reason}",
+        ]
+    return LaunchSpec(cfg.id, tuple(argv), dict(real.env))
 
 
 def canonical_command(cfg: EngineConfig) -> str:
-    """The command recorded with results: default port 8000, ``python`` for the interpreter."""
-    return render_launch(cfg, port=8000, python="python").shell()
+    """The command recorded with results: as a user types it (no port chosen at launch), ``python``
+    for the interpreter of the simulated engine."""
+    return render_launch(cfg, python="python").shell()

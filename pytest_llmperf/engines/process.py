@@ -19,8 +19,10 @@ from typing import Any
 
 import httpx
 
+from pytest_llmperf.engines.classify import classify, read_log
 from pytest_llmperf.engines.launch import LaunchSpec
 from pytest_llmperf.errors import ServerStartupError, ServerTimeoutError
+from pytest_llmperf.hardware import wait_for_gpu_memory
 
 __all__ = ["ServerProcess", "free_port", "group_members", "stop_all_servers"]
 
@@ -83,6 +85,8 @@ class ServerProcess:
         log_path: Path,
         startup_timeout_s: float,
         env: dict[str, str] | None = None,
+        gpu_indices: list[int] | None = None,
+        gpu_baseline_mib: int | None = None,
     ) -> None:
         self.spec = spec
         self.base_url = base_url
@@ -93,6 +97,8 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.pgid: int | None = None
         self.startup_s: float | None = None
+        self.gpu_indices = gpu_indices
+        self.gpu_baseline_mib = gpu_baseline_mib  # GPU memory in use before launch, when nvidia-smi exists
 
     @property
     def config_id(self) -> str:
@@ -141,12 +147,14 @@ class ServerProcess:
             while True:
                 code = self.proc.poll()
                 if code is not None:
-                    raise ServerStartupError(
-                        f"[{self.config_id}] server exited with code {code} before it became ready "
+                    kind, matched = classify(read_log(self.log_path))
+                    raise kind(
+                        f"[{self.config_id}] {kind.kind}: server exited with code {code} before it became ready "
                         f"(log: {self.log_path})",
                         config_id=self.config_id,
                         log_path=str(self.log_path),
                         log_tail=tail(self.log_path),
+                        matched=matched,
                     )
                 if self._can_generate(client):
                     return
@@ -208,8 +216,13 @@ class ServerProcess:
                 time.sleep(0.05)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=1.0)
+        note = ""
+        if self.gpu_baseline_mib is not None and not wait_for_gpu_memory(
+            self.gpu_baseline_mib, indices=self.gpu_indices
+        ):
+            note = "; GPU memory was not released within the wait: the next server may not fit"
         with open(self.log_path, "ab") as log:
-            log.write(f"### llmperf: stopped (exit code {proc.returncode})\n".encode())
+            log.write(f"### llmperf: stopped (exit code {proc.returncode}){note}\n".encode())
         with _LOCK:
             _LIVE.discard(self)
         self.proc = None

@@ -47,6 +47,7 @@ class SimServerOptions:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmperf sim serve",
+        allow_abbrev=False,  # an engine flag must never be read as an abbreviation of one of ours
         description="The simulated LLM serving engine of pytest-llmperf: the OpenAI API as vLLM serves it, "
         "with a continuous-batching timing model. Unknown flags (an engine's own) are ignored.",
     )
