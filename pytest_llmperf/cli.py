@@ -14,6 +14,8 @@ commands:
   sim tokenizer DIR       write the simulated engine's tokenizer as a Hugging Face tokenizer directory
   bench serve [OPTIONS]   benchmark a server: a drop-in for `vllm bench serve`; see `llmperf bench serve --help`
   matrix PATH             print every engine config's launch command, environment, markers and workloads
+  baselines list|show|prune   inspect baseline files; remove those no test matches
+  compare OLD NEW         compare two result or baseline sets with the gate's verdicts (exit 1 on regression)
 """
 
 
@@ -47,7 +49,25 @@ def _matrix(args: list[str]) -> int:
     return matrix_main(args)
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"sim": _sim, "bench": _bench, "matrix": _matrix}
+def _baselines(args: list[str]) -> int:
+    from pytest_llmperf.baselines_cli import baselines_main
+
+    return baselines_main(args)
+
+
+def _compare(args: list[str]) -> int:
+    from pytest_llmperf.baselines_cli import compare_main
+
+    return compare_main(args)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "sim": _sim,
+    "bench": _bench,
+    "matrix": _matrix,
+    "baselines": _baselines,
+    "compare": _compare,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

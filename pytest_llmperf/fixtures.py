@@ -172,6 +172,12 @@ class PerfBench:
         return result
 
 
+def baseline_path_for(item: pytest.Item, case: Case, state: LlmperfSession) -> Path:
+    """``<baseline dir>/<module path>/<test function>/<case id>.json`` of a perf test."""
+    module = os.path.relpath(str(item.path), state.rootdir)
+    return baseline_path(state.baseline_dir, module, getattr(item, "originalname", item.name), case.id)
+
+
 class PerfGate:
     """Compares a :class:`PerfResult` with the test's baseline and fails the test item on a regression."""
 
@@ -179,9 +185,7 @@ class PerfGate:
         self.item = item
         self.case = case
         self.state = state
-        module = os.path.relpath(str(item.path), state.rootdir)
-        name = getattr(item, "originalname", item.name)
-        self.path = baseline_path(state.baseline_dir, module, name, case.id)
+        self.path = baseline_path_for(item, case, state)
 
     def tolerances(self, baseline: Baseline | None) -> dict[str, float]:
         tol = dict(self.case.tolerance)

@@ -6,9 +6,11 @@ fixtures in :mod:`pytest_llmperf.fixtures`, comparisons in :mod:`pytest_llmperf.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,7 @@ from pytest_llmperf.config import Case, expand_cases
 from pytest_llmperf.engines.process import install_signal_handlers
 from pytest_llmperf.errors import ConfigError
 from pytest_llmperf.fixtures import (
+    baseline_path_for,
     llmperf_bench,
     llmperf_case,
     llmperf_engine,
@@ -26,6 +29,7 @@ from pytest_llmperf.fixtures import (
 from pytest_llmperf.hardware import REQUIREMENTS, missing_hardware
 from pytest_llmperf.report import ResultCollector
 from pytest_llmperf.session import build_session, session_key
+from pytest_llmperf.xdist_support import groups_file_for, make_scheduler, write_groups
 
 __all__ = [
     "llmperf_bench",
@@ -89,6 +93,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="ShareGPT V3 JSON file for sharegpt workloads (default: $LLMPERF_SHAREGPT)",
     )
     group.addoption(
+        "--llmperf-expected-baselines",
+        default=None,
+        metavar="FILE",
+        help="write the baseline paths of every collected perf test to FILE as JSON (llmperf baselines prune)",
+    )
+    group.addoption(
         "--llmperf-simulate",
         action="store_true",
         help="run every engine config on the simulated engine (its own command line, an H200-shaped profile); "
@@ -116,11 +126,22 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", marker)
     state = build_session(config)  # raises pytest.UsageError with the fix for bad options
     config.stash[session_key] = state
-    # one server per engine config under pytest-xdist: keep each config's tests on one worker
-    if getattr(config.option, "dist", "no") == "load":
-        config.option.dist = "loadgroup"
     config.pluginmanager.register(ResultCollector(state), "llmperf-results")
     install_signal_handlers()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist (controller): with the default --dist load, keep each engine config on one worker."""
+    if config.getoption("dist", "no") not in ("load", "loadgroup"):
+        return None
+    return make_scheduler(config, log, groups_file_for(config.stash[session_key].run_id))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist (controller): tell each worker where to write the node-id -> config map."""
+    node.workerinput["llmperf_groups_file"] = str(groups_file_for(node.config.stash[session_key].run_id))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -176,6 +197,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = [items[i] for i in order]
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    groups_file = getattr(session.config, "workerinput", {}).get("llmperf_groups_file")
+    if groups_file:  # an xdist worker: publish which config each test belongs to
+        groups = {item.nodeid: case.engine.id for item in session.items if (case := _case(item))}
+        write_groups(Path(groups_file), groups)
+    target = session.config.getoption("llmperf_expected_baselines")
+    if not target:
+        return
+    state = session.config.stash[session_key]
+    paths = sorted({str(baseline_path_for(item, case, state)) for item in session.items if (case := _case(item))})
+    Path(target).write_text(json.dumps(paths, indent=1))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
     yield
@@ -190,6 +224,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     state.pool.close()
     state.flush_baselines()
+    if not hasattr(session.config, "workerinput"):
+        groups_file_for(state.run_id).unlink(missing_ok=True)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -42,6 +42,7 @@ class LlmperfSession:
     results: list[dict[str, Any]] = field(default_factory=list)
     _matrices: dict[Path, Matrix] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    run_id: str = field(default_factory=lambda: f"{os.getpid()}-{time.time_ns()}")
 
     @property
     def gpus(self) -> list[Gpu] | None:

@@ -231,8 +231,7 @@ def simulate_launch(
         "--port",
         str(port),
     ]
-    if cfg.served_model_name is None:
-        argv += ["--served-model-name", cfg.model]
+    argv += ["--served-model-name", cfg.request_model]
     if cfg.unsupported is not None:
         argv += [
             "--fail-at-startup",
