@@ -45,7 +45,10 @@ sim = {{ profile = "deterministic", ttft_ms = 5, itl_ms = 5 }}
 """
 
 
-UNSUPPORTED = 'unsupported = { match = "backend FOO is not valid", reason = "FOO has no sparse attention", issue = "https://example.invalid/1" }'
+UNSUPPORTED = (
+    'unsupported = { match = "backend FOO is not valid", reason = "FOO has no sparse attention", '
+    'issue = "https://example.invalid/1" }'
+)
 
 
 def run_suite(pytester: pytest.Pytester, matrix: str, *args: str) -> pytest.RunResult:
@@ -99,7 +102,7 @@ def test_a_server_that_never_becomes_ready_fails_at_its_timeout_with_the_log_tai
             "ValueError: Selected backend",
         ),
         (
-            "AssertionError: DCP requires attention impls to return the softmax lse for decode, but the impl X does not",
+            "AssertionError: DCP requires attention impls to return the softmax lse for decode, but X does not",
             UnsupportedConfigError,
             "AssertionError: DCP requires",
         ),
