@@ -82,6 +82,7 @@ class SimOptions(_Strict):
     ttft_ms: float = Field(default=50.0, gt=0)
     itl_ms: float = Field(default=50.0, gt=0)
     slowdown: float = Field(default=1.0, gt=0)
+    jitter: float = Field(default=0.0, ge=0, lt=1)  # relative std-dev of step times: run-to-run noise
     seed: int = 0
 
 

@@ -15,8 +15,10 @@ import datetime as _dt
 import json
 import os
 import re
+import statistics
 import subprocess
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,12 +30,12 @@ from pytest_llmperf.baseline import Baseline, Provenance, baseline_path, load_ba
 from pytest_llmperf.config import Case, EngineConfig, Workload
 from pytest_llmperf.engines.classify import read_log
 from pytest_llmperf.engines.launch import canonical_command
-from pytest_llmperf.errors import BaselineError, DatasetError, ServerError
+from pytest_llmperf.errors import BaselineError, DatasetError, ServerError, UnsupportedConfigError
 from pytest_llmperf.gate import compare_samples, format_failure, overall_verdict
 from pytest_llmperf.hardware import hardware_key
 from pytest_llmperf.loadgen import BenchmarkResult, BenchSettings, SampleRequest, run_benchmark_sync
 from pytest_llmperf.loadgen.datasets import random_requests, sharegpt_requests
-from pytest_llmperf.report import RESULT_PROPERTY
+from pytest_llmperf.report import CALIBRATION_PROPERTY, RESULT_PROPERTY
 from pytest_llmperf.session import LlmperfSession, RunningServer, session_key
 from pytest_llmperf.tokenizer import SimTokenizer
 
@@ -51,6 +53,9 @@ __all__ = [
 ]
 
 
+CALIBRATION_RUNS = 5
+
+
 class LlmperfInconclusiveWarning(UserWarning):
     """A gated metric moved beyond its tolerance without statistical significance."""
 
@@ -63,10 +68,16 @@ class PerfResult:
     server: RunningServer
     runs: list[BenchmarkResult]
     samples: dict[str, list[float]] = field(default_factory=dict)
+    more: Callable[[], None] | None = field(default=None, repr=False)  # adds one measured run
 
     @property
     def client_warnings(self) -> list[str]:
         return [w for run in self.runs for w in run.client_warnings]
+
+    def add(self, run: BenchmarkResult) -> None:
+        self.runs.append(run)
+        for key, value in run.metrics.flat().items():
+            self.samples.setdefault(key, []).append(value)
 
 
 def _hardware(cfg: EngineConfig, state: LlmperfSession) -> dict[str, Any]:
@@ -152,21 +163,25 @@ class PerfBench:
             pytest.fail(f"[{self.case.id}] {problem}", pytrace=False)
         settings = self.settings(workload)
         n = repeats or self.state.repeats
-        runs: list[BenchmarkResult] = []
-        for i in range(n):
+        if self.state.calibrate:
+            n = max(n, CALIBRATION_RUNS)
+        result = PerfResult(self.case, self.server, [])
+
+        def one_more() -> None:
             # the vLLM warm-up requests run before the first measured run only
-            s = settings if i == 0 else replace(settings, num_warmups=0)
-            runs.append(run_benchmark_sync(s, requests))
+            s = settings if not result.runs else replace(settings, num_warmups=0)
+            result.add(run_benchmark_sync(s, requests))
+            failure = ""
             try:
                 self.server.check_alive()
             except ServerError as exc:
-                problem = str(exc)
-            if problem:
-                pytest.fail(problem, pytrace=False)
-        result = PerfResult(self.case, self.server, runs)
-        for run in runs:
-            for key, value in run.metrics.flat().items():
-                result.samples.setdefault(key, []).append(value)
+                failure = str(exc)
+            if failure:
+                pytest.fail(failure, pytrace=False)
+
+        for _ in range(n):
+            one_more()
+        result.more = one_more
         for w in dict.fromkeys(result.client_warnings):
             warnings.warn(f"[{self.case.id}] {w}", stacklevel=2)
         return result
@@ -186,6 +201,16 @@ class PerfGate:
         self.case = case
         self.state = state
         self.path = baseline_path_for(item, case, state)
+
+    def _calibrate(self, result: PerfResult) -> None:
+        """--llmperf-calibrate: record the run-to-run variation of every metric, compare nothing."""
+        cvs = {}
+        for metric, values in sorted(result.samples.items()):
+            mean = statistics.fmean(values)
+            if len(values) >= 2 and mean:
+                cvs[metric] = statistics.stdev(values) / abs(mean)
+        record = {"nodeid": self.item.nodeid, "case": self.case.id, "runs": len(result.runs), "cv": cvs}
+        self.item.user_properties.append((CALIBRATION_PROPERTY, json.dumps(record)))
 
     def tolerances(self, baseline: Baseline | None) -> dict[str, float]:
         tol = dict(self.case.tolerance)
@@ -221,6 +246,9 @@ class PerfGate:
         )
 
     def check(self, result: PerfResult) -> None:
+        if self.state.calibrate:
+            self._calibrate(result)
+            return
         rel = self.state.relative(self.path)
         problem = ""
         try:
@@ -239,13 +267,19 @@ class PerfGate:
                 for k in shared
                 if baseline.hardware[k] != hw_now[k]
             ]
+        reference = None if (baseline is None or hw_diff) else baseline.metrics
+        tolerances = self.tolerances(baseline)
         rows = compare_samples(
-            None if (baseline is None or hw_diff) else baseline.metrics,
-            result.samples,
-            tolerances=self.tolerances(baseline),
-            default_tolerance=self.state.default_tolerance,
+            reference, result.samples, tolerances=tolerances, default_tolerance=self.state.default_tolerance
         )
         verdict = overall_verdict(rows)
+        # adaptive repeats: while the verdict is inconclusive, measure more (up to --llmperf-max-repeats)
+        while verdict == "INCONCLUSIVE" and result.more is not None and len(result.runs) < self.state.max_repeats:
+            result.more()
+            rows = compare_samples(
+                reference, result.samples, tolerances=tolerances, default_tolerance=self.state.default_tolerance
+            )
+            verdict = overall_verdict(rows)
         update = self.state.update == "all" or (self.state.update == "failing" and verdict in ("FAIL", "NEW"))
         functional = any(r.metric == "failed" and r.verdict == "FAIL" for r in rows)
         if update and not functional:
@@ -335,11 +369,16 @@ def llmperf_server(request: pytest.FixtureRequest, llmperf_case: Case) -> Runnin
     if unsupported is not None:
         where = f"{_state(request).relative(llmperf_case.matrix_path)}, engines (id={cfg.id!r}), field 'unsupported'"
         if error is None:
-            pytest.fail(
-                f"XPASS(strict) [{cfg.id}] is declared unsupported ({unsupported.reason}) but its server started. "
-                f"If the engine now supports it, remove the entry at {where}.",
-                pytrace=False,
+            # pytest's own strict expected failure: the test runs, and a pass reports as [XPASS(strict)]
+            request.node.add_marker(
+                pytest.mark.xfail(
+                    reason=f"[{cfg.id}] is declared unsupported ({unsupported.reason}) but its server started. "
+                    f"If the engine now supports it, remove the entry at {where}",
+                    strict=True,
+                    raises=UnsupportedConfigError,
+                )
             )
+            return server
         hits = _matching_lines(unsupported.match, error)
         if hits:
             issue = f" ({unsupported.issue})" if unsupported.issue else ""

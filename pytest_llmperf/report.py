@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,9 +12,10 @@ from tabulate import tabulate
 
 from pytest_llmperf.session import LlmperfSession
 
-__all__ = ["RESULT_PROPERTY", "ResultCollector", "summary_table"]
+__all__ = ["CALIBRATION_PROPERTY", "RESULT_PROPERTY", "ResultCollector", "calibration_table", "summary_table"]
 
 RESULT_PROPERTY = "llmperf"
+CALIBRATION_PROPERTY = "llmperf_calibration"
 
 _ORDER = {"FAIL": 0, "NEW": 1, "INCONCLUSIVE": 2, "PASS": 3}
 
@@ -66,9 +68,19 @@ class ResultCollector:
         for name, value in report.user_properties:
             if name == RESULT_PROPERTY:
                 self.state.results.append(json.loads(str(value)))
+            elif name == CALIBRATION_PROPERTY:
+                self.state.calibration.append(json.loads(str(value)))
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
         state = self.state
+        if state.calibration:
+            table, summary = calibration_table(state.calibration)
+            terminalreporter.write_sep("=", "llmperf calibration: run-to-run variation")
+            terminalreporter.write_line(table)
+            out = state.rootdir / ".llmperf" / "calibration.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"tests": state.calibration, "summary": summary}, indent=2) + "\n")
+            terminalreporter.write_line(f"llmperf: wrote {state.relative(out)}")
         if not state.results:
             return
         tr = terminalreporter
@@ -76,3 +88,39 @@ class ResultCollector:
         tr.write_line(summary_table(state.results, verbose=config.get_verbosity() > 0))
         for path in state.written:
             tr.write_line(f"llmperf: wrote baseline {state.relative(path)}")
+
+
+def suggested_tolerance(cv: float) -> float:
+    """The tolerance that keeps false alarms near 1% with 3 runs a side: twice the CV (the gate's default
+    6% is this rule at 3% noise; benchmarks/gate_monte_carlo.py), rounded up to half a percent, at least 2%."""
+    return max(0.02, math.ceil(2 * cv * 200) / 200)
+
+
+def calibration_table(records: Sequence[dict[str, Any]]) -> tuple[str, dict[str, dict[str, float]]]:
+    by_metric: dict[str, list[float]] = {}
+    for rec in records:
+        for metric, cv in rec["cv"].items():
+            by_metric.setdefault(metric, []).append(cv)
+    summary = {}
+    rows = []
+    for metric in sorted(by_metric):
+        values = sorted(by_metric[metric])
+        worst = values[-1]
+        summary[metric] = {
+            "median_cv": values[len(values) // 2],
+            "max_cv": worst,
+            "suggested_tolerance": suggested_tolerance(worst),
+        }
+        rows.append(
+            [
+                metric,
+                f"{values[len(values) // 2]:.2%}",
+                f"{worst:.2%}",
+                f"{suggested_tolerance(worst):.1%}",
+                len(values),
+            ]
+        )
+    table = tabulate(
+        rows, headers=["metric", "median CV", "max CV", "suggested tolerance", "tests"], disable_numparse=True
+    )
+    return table, summary

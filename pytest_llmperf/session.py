@@ -35,6 +35,9 @@ class LlmperfSession:
     sharegpt: str | None
     pool: ServerPool
     simulate: bool = False
+    max_repeats: int = 0  # adaptive repeats up to this many runs while a verdict is inconclusive
+    calibrate: bool = False
+    calibration: list[dict[str, Any]] = field(default_factory=list)
     _gpus: list[Gpu] | None = None
     _gpus_detected: bool = False
     pending: dict[Path, Baseline] = field(default_factory=dict)
@@ -127,6 +130,9 @@ def build_session(config: pytest.Config) -> LlmperfSession:
     )
     if repeats < 1:
         raise pytest.UsageError(f"--llmperf-repeats must be at least 1, got {repeats}")
+    max_repeats = config.getoption("llmperf_max_repeats") or repeats
+    if max_repeats < repeats:
+        raise pytest.UsageError(f"--llmperf-max-repeats ({max_repeats}) must be at least --llmperf-repeats ({repeats})")
     slowdown = config.getoption("llmperf_sim_slowdown")
     if slowdown <= 0:
         raise pytest.UsageError(f"--llmperf-sim-slowdown must be positive, got {slowdown}")
@@ -166,4 +172,6 @@ def build_session(config: pytest.Config) -> LlmperfSession:
         sharegpt=config.getoption("llmperf_sharegpt"),
         pool=ServerPool(log_dir, slowdown, simulate=simulate, endpoints=endpoints),
         simulate=simulate,
+        max_repeats=max_repeats,
+        calibrate=bool(config.getoption("llmperf_calibrate")),
     )

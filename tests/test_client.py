@@ -126,9 +126,10 @@ def test_stalled_stream_is_caught_by_the_stall_timeout(start_sim) -> None:
 
 
 def test_server_crash_mid_run_fails_requests_not_the_run(start_sim) -> None:
-    server = start_sim("--crash-after", "3", profile="deterministic", ttft_ms=5, itl_ms=5)
+    # the readiness probe and the two warm-up requests are requests 1 to 3
+    server = start_sim("--crash-after", "5", profile="deterministic", ttft_ms=5, itl_ms=5)
     settings = BenchSettings(base_url=server.base_url, model="llmperf-sim", max_concurrency=1)
     result = run_benchmark_sync(settings, requests(5, 3))
-    assert result.metrics.completed == 2  # requests 2 and 3 (the readiness probe was request 1)
+    assert result.metrics.completed == 2  # requests 4 and 5
     assert result.metrics.failed == 3
-    assert "crashing on request 4" in server.log_path.read_text()
+    assert "crashing on request 6" in server.log_path.read_text()

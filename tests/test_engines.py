@@ -78,9 +78,9 @@ def test_declared_entry_with_a_different_failure_is_an_error_naming_the_class(py
 
 def test_declared_entry_for_a_server_that_starts_is_a_strict_xpass_failure(pytester: pytest.Pytester) -> None:
     result = run_suite(pytester, engine("foo", UNSUPPORTED))
-    result.assert_outcomes(errors=1)
+    result.assert_outcomes(failed=1)
     out = result.stdout.str()
-    assert "XPASS(strict) [foo] is declared unsupported (FOO has no sparse attention) but its server started" in out
+    assert "[XPASS(strict)] [foo] is declared unsupported (FOO has no sparse attention) but its server started" in out
     assert "remove the entry at matrix.toml, engines (id='foo'), field 'unsupported'" in out
 
 

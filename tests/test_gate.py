@@ -60,9 +60,16 @@ def test_beyond_tolerance_but_noisy_is_inconclusive() -> None:
     assert "not significant" in v.note
 
 
-def test_single_sample_side_uses_tolerance_only_and_says_so() -> None:
+def test_single_sample_side_widens_the_tolerance_by_the_noise_and_says_so() -> None:
+    # a published single number: no test; the band is widened by twice the current side's noise (CV 0.8%)
     v = compare_metric("output_throughput", [100.0], [90.0, 91.0], tolerance=0.05)
-    assert v.verdict == "FAIL" and "tolerance only" in v.note
+    assert v.verdict == "FAIL" and v.p_value is None
+    assert v.note == "n<2 on a side: no test; tolerance widened by the noise estimate to 6.6%"
+    # beyond the plain tolerance but inside the widened band: not a FAIL
+    assert compare_metric("output_throughput", [100.0], [94.0, 95.0], tolerance=0.05).verdict == "INCONCLUSIVE"
+    # neither side can estimate the noise: 3% is assumed (band 11%)
+    assert compare_metric("output_throughput", [100.0], [90.0], tolerance=0.05).verdict == "INCONCLUSIVE"
+    assert compare_metric("output_throughput", [100.0], [88.0], tolerance=0.05).verdict == "FAIL"
     assert compare_metric("output_throughput", [100.0], [97.0], tolerance=0.05).verdict == "PASS"
 
 
@@ -99,7 +106,7 @@ def test_reported_metrics_never_fail_the_test() -> None:
 
 def test_per_metric_tolerance_overrides_default() -> None:
     base = {"output_throughput": [100.0, 100.0, 100.0]}
-    cur = {"output_throughput": [92.0, 92.0, 92.0]}
+    cur = {"output_throughput": [91.0, 91.0, 91.0]}
     assert overall_verdict(compare_samples(base, cur, tolerances={})) == "FAIL"
     assert overall_verdict(compare_samples(base, cur, tolerances={"output_throughput": 0.1})) == "PASS"
 

@@ -163,6 +163,8 @@ def _sim(cfg: EngineConfig, python: str, sim_slowdown: float) -> list[str]:
     ]
     if s.profile == "deterministic":
         argv += ["--ttft-ms", f"{s.ttft_ms:g}", "--itl-ms", f"{s.itl_ms:g}"]
+    if s.jitter:
+        argv += ["--jitter", f"{s.jitter:g}"]
     argv += _opt("--served-model-name", cfg.served_model_name)
     argv += _opt("--max-num-seqs", cfg.max_num_seqs)
     argv += _opt("--max-model-len", cfg.max_model_len)

@@ -31,6 +31,7 @@ _LOCK = threading.Lock()
 TERM_GRACE_S = 15.0
 KILL_WAIT_S = 10.0
 LOG_TAIL_LINES = 40
+WARMUP_REQUESTS = 2
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -138,6 +139,17 @@ class ServerProcess:
             self.stop()
             raise
         self.startup_s = time.monotonic() - t0
+        self._warm_up()
+
+    def _warm_up(self, requests: int = WARMUP_REQUESTS) -> None:
+        """A few short generations after readiness (first-request compilation, caches); results discarded."""
+        body: dict[str, Any] = {"model": self.model, "prompt": "warm up the server", "max_tokens": 8}
+        with httpx.Client(timeout=120.0, trust_env=False) as client:
+            for _ in range(requests):
+                try:
+                    client.post(self.base_url + "/v1/completions", json=body)
+                except httpx.HTTPError:
+                    return  # a server that cannot serve these will show it in the benchmark, with its log
 
     def _wait_ready(self, t0: float) -> None:
         assert self.proc is not None
