@@ -15,6 +15,7 @@ commands:
   bench serve [OPTIONS]   benchmark a server: a drop-in for `vllm bench serve`; see `llmperf bench serve --help`
   matrix PATH             print every engine config's launch command, environment, markers and workloads
   baselines list|show|prune   inspect baseline files; remove those no test matches
+  report DIR [DIR ...]    one summary, the study view and one exit code over report (or baseline) folders
   compare OLD NEW         compare two result or baseline sets with the gate's verdicts (exit 1 on regression)
 """
 
@@ -61,7 +62,14 @@ def _compare(args: list[str]) -> int:
     return compare_main(args)
 
 
+def _report(args: list[str]) -> int:
+    from pytest_llmperf.report_cli import main as report_main
+
+    return report_main(args)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "report": _report,
     "sim": _sim,
     "bench": _bench,
     "matrix": _matrix,

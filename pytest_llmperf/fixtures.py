@@ -35,7 +35,9 @@ from pytest_llmperf.gate import compare_samples, format_failure, overall_verdict
 from pytest_llmperf.hardware import hardware_key
 from pytest_llmperf.loadgen import BenchmarkResult, BenchSettings, SampleRequest, run_benchmark_sync
 from pytest_llmperf.loadgen.datasets import random_requests, sharegpt_requests
+from pytest_llmperf.loadgen.results import result_json
 from pytest_llmperf.report import CALIBRATION_PROPERTY, RESULT_PROPERTY
+from pytest_llmperf.report_files import write_run
 from pytest_llmperf.session import LlmperfSession, RunningServer, session_key
 from pytest_llmperf.tokenizer import SimTokenizer
 
@@ -170,7 +172,8 @@ class PerfBench:
         def one_more() -> None:
             # the vLLM warm-up requests run before the first measured run only
             s = settings if not result.runs else replace(settings, num_warmups=0)
-            result.add(run_benchmark_sync(s, requests))
+            progress = self.state.progress(f"{self.case.id} run {len(result.runs) + 1}")
+            result.add(run_benchmark_sync(s, requests, progress=progress))
             failure = ""
             try:
                 self.server.check_alive()
@@ -201,6 +204,24 @@ class PerfGate:
         self.case = case
         self.state = state
         self.path = baseline_path_for(item, case, state)
+
+    def _write_runs(self, result: PerfResult) -> None:
+        assert self.state.report_dir is not None
+        engine = self.case.engine
+        for i, run in enumerate(result.runs, 1):
+            data = result_json(
+                run,
+                model_id=engine.model,
+                tokenizer_id=engine.tokenizer or "server /tokenize",
+                label=self.case.id,
+                metadata={
+                    "config": engine.id,
+                    "workload": self.case.workload.id,
+                    "engine_version": str(result.server.version),
+                },
+                detailed=False,
+            )
+            write_run(self.state.report_dir, self.case.id, i, data)
 
     def _calibrate(self, result: PerfResult) -> None:
         """--llmperf-calibrate: record the run-to-run variation of every metric, compare nothing."""
@@ -284,15 +305,35 @@ class PerfGate:
         functional = any(r.metric == "failed" and r.verdict == "FAIL" for r in rows)
         if update and not functional:
             self.state.queue_baseline(self.path, self._new_baseline(result, baseline))
+        engine = self.case.engine
         record = {
             "nodeid": self.item.nodeid,
             "case": self.case.id,
+            "config": engine.id,
+            "engine": engine.engine,
+            "engine_version": result.server.version,
+            "workload": self.case.workload.id,
+            "knob": engine.knob,
+            "derives_from": engine.derives_from,
+            "command": canonical_command(engine),
             "verdict": verdict,
             "baseline": rel,
+            "baseline_source": baseline.provenance.source if baseline is not None else None,
             "updated": update and not functional,
+            "runs": len(result.runs),
+            "means": {k: statistics.fmean(v) for k, v in sorted(result.samples.items())},
             "rows": [r.as_dict() for r in rows],
         }
         self.item.user_properties.append((RESULT_PROPERTY, json.dumps(record)))
+        # JUnit XML carries the key figures as test properties
+        self.item.user_properties.append(("llmperf.verdict", verdict))
+        for r in rows:
+            if r.gated:
+                self.item.user_properties.append((f"llmperf.{r.metric}", f"{r.current:.4f}"))
+                if r.change is not None:
+                    self.item.user_properties.append((f"llmperf.{r.metric}.change", f"{r.change:+.4f}"))
+        if self.state.report_dir is not None:
+            self._write_runs(result)
         if functional:
             pytest.fail(
                 f"[{self.case.id}] {format_failure(rows)}\nerrors: "

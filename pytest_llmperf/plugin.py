@@ -28,7 +28,9 @@ from pytest_llmperf.fixtures import (
 )
 from pytest_llmperf.hardware import REQUIREMENTS, missing_hardware
 from pytest_llmperf.report import ResultCollector
+from pytest_llmperf.report_files import copy_logs
 from pytest_llmperf.session import build_session, session_key
+from pytest_llmperf.sharding import parse_shard, shard_of
 from pytest_llmperf.xdist_support import groups_file_for, make_scheduler, write_groups
 
 __all__ = [
@@ -75,6 +77,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="adaptive repeats: add runs, up to N in all, while a gated verdict is inconclusive",
     )
     group.addoption(
+        "--llmperf-report-dir",
+        default=None,
+        metavar="DIR",
+        help="write every run's vllm-bench-serve JSON, summary.json, summary.md and the server logs to DIR "
+        "(summary.md also to $GITHUB_STEP_SUMMARY when set)",
+    )
+    group.addoption(
         "--llmperf-calibrate",
         action="store_true",
         help="noise calibration: run each selected test 5+ times without comparing, and report the run-to-run "
@@ -112,6 +121,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write the baseline paths of every collected perf test to FILE as JSON (llmperf baselines prune)",
     )
     group.addoption(
+        "--llmperf-shard",
+        default=None,
+        metavar="K/N",
+        help="run only shard K of N: the tests of the engine configs assigned to it (stable rendezvous hashing)",
+    )
+    group.addoption(
         "--llmperf-simulate",
         action="store_true",
         help="run every engine config on the simulated engine (its own command line, an H200-shaped profile); "
@@ -140,6 +155,8 @@ def pytest_configure(config: pytest.Config) -> None:
     state = build_session(config)  # raises pytest.UsageError with the fix for bad options
     config.stash[session_key] = state
     config.pluginmanager.register(ResultCollector(state), "llmperf-results")
+    if not hasattr(config, "workerinput") and config.get_verbosity() >= 0:
+        state.reporter = config.pluginmanager.get_plugin("terminalreporter")
     install_signal_handlers()
 
 
@@ -201,6 +218,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     reason = missing_hardware(name, state.gpus)
                     if reason:
                         item.add_marker(pytest.mark.skip(reason=reason))
+    if state.shard is not None:
+        k, n = parse_shard(state.shard)
+        keep: list[pytest.Item] = []
+        drop: list[pytest.Item] = []
+        for item in items:
+            case = _case(item)
+            (keep if shard_of(case.engine.id if case else item.nodeid, n) == k else drop).append(item)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
     first_seen: dict[str, int] = {}
     keys: list[int] = []
     for index, item in enumerate(items):
@@ -211,6 +238,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    state = session.config.stash[session_key]
+    if state.shard is not None and state.reporter is not None:
+        configs = sorted({case.engine.id for item in session.items if (case := _case(item))})
+        state.reporter.write_line(
+            f"llmperf: shard {state.shard} runs {len(configs)} engine config(s): {', '.join(configs) or '-'}"
+        )
     groups_file = getattr(session.config, "workerinput", {}).get("llmperf_groups_file")
     if groups_file:  # an xdist worker: publish which config each test belongs to
         groups = {item.nodeid: case.engine.id for item in session.items if (case := _case(item))}
@@ -237,6 +270,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     state.pool.close()
     state.flush_baselines()
+    if state.report_dir is not None:
+        copy_logs(state.report_dir, sorted(state.pool.log_paths))
     if not hasattr(session.config, "workerinput"):
         groups_file_for(state.run_id).unlink(missing_ok=True)
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from tabulate import tabulate
 
+from pytest_llmperf.report_files import write_session
 from pytest_llmperf.session import LlmperfSession
 
 __all__ = ["CALIBRATION_PROPERTY", "RESULT_PROPERTY", "ResultCollector", "calibration_table", "summary_table"]
@@ -81,11 +82,32 @@ class ResultCollector:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps({"tests": state.calibration, "summary": summary}, indent=2) + "\n")
             terminalreporter.write_line(f"llmperf: wrote {state.relative(out)}")
+        if state.report_dir is not None:  # also for a shard that ran no test: it reports, empty
+            written = write_session(
+                state.report_dir,
+                state.results,
+                gpus=None if state.simulate else describe_gpus(state),
+                started=state.started,
+                shard=state.shard,
+            )
+            for path in written:
+                terminalreporter.write_line(f"llmperf: wrote {path}")
         if not state.results:
             return
         tr = terminalreporter
         tr.write_sep("=", "llmperf results")
-        tr.write_line(summary_table(state.results, verbose=config.get_verbosity() > 0))
+        # colour only on a terminal, never with NO_COLOR: pytest's own markup rules decide
+        for line in summary_table(state.results, verbose=config.get_verbosity() > 0).splitlines():
+            verdict = line.rsplit(None, 1)[-1] if line.strip() else ""
+            if line.rstrip().endswith("(updated)"):
+                verdict = line.split()[-2]
+            markup = {
+                "FAIL": {"red": True, "bold": True},
+                "INCONCLUSIVE": {"yellow": True},
+                "NEW": {"yellow": True},
+                "PASS": {"green": True},
+            }.get(verdict, {})
+            tr.write_line(line, **markup)
         for path in state.written:
             tr.write_line(f"llmperf: wrote baseline {state.relative(path)}")
 
@@ -124,3 +146,10 @@ def calibration_table(records: Sequence[dict[str, Any]]) -> tuple[str, dict[str,
         rows, headers=["metric", "median CV", "max CV", "suggested tolerance", "tests"], disable_numparse=True
     )
     return table, summary
+
+
+def describe_gpus(state: LlmperfSession) -> str:
+    gpus = state._gpus if state._gpus_detected else None
+    if not gpus:
+        return "none detected"
+    return f"{len(gpus)}x {gpus[0].name} (driver {gpus[0].driver})"

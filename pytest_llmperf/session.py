@@ -16,6 +16,8 @@ from pytest_llmperf.baseline import Baseline, write_baseline
 from pytest_llmperf.config import Matrix, load_matrix
 from pytest_llmperf.engines.pool import RunningServer, ServerPool
 from pytest_llmperf.hardware import Gpu, detect_gpus
+from pytest_llmperf.loadgen.runner import ProgressFn
+from pytest_llmperf.sharding import parse_shard
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,6 +40,9 @@ class LlmperfSession:
     max_repeats: int = 0  # adaptive repeats up to this many runs while a verdict is inconclusive
     calibrate: bool = False
     calibration: list[dict[str, Any]] = field(default_factory=list)
+    report_dir: Path | None = None
+    shard: str | None = None
+    reporter: Any = None  # the terminal reporter, for progress lines (None: quiet, or an xdist worker)
     _gpus: list[Gpu] | None = None
     _gpus_detected: bool = False
     pending: dict[Path, Baseline] = field(default_factory=dict)
@@ -55,6 +60,24 @@ class LlmperfSession:
             self._gpus_detected = True
             self.pool.gpus = self._gpus
         return self._gpus
+
+    def progress(self, label: str, every_s: float = 5.0) -> ProgressFn | None:
+        """A progress callback printing a line at most every ``every_s`` seconds, or None when quiet."""
+        reporter = self.reporter
+        if reporter is None:
+            return None
+        last = [time.monotonic()]
+
+        def report(done: int, total: int, out_tokens: int, elapsed: float) -> None:
+            now = time.monotonic()
+            if now - last[0] < every_s and done < total:
+                return
+            last[0] = now
+            rate = out_tokens / elapsed if elapsed > 0 else 0.0
+            reporter.ensure_newline()
+            reporter.write_line(f"  [{label}] {done}/{total} requests, {rate:,.0f} output tok/s, {elapsed:.0f} s")
+
+        return report
 
     def matrix(self, path: Path) -> Matrix:
         path = path.resolve()
@@ -152,6 +175,13 @@ def build_session(config: pytest.Config) -> LlmperfSession:
         if not base_url.startswith(("http://", "https://")):
             raise pytest.UsageError(f"--llmperf-base-url {base_url!r}: expected a URL like http://127.0.0.1:8000")
         endpoints.setdefault("*", base_url)
+    shard = config.getoption("llmperf_shard")
+    if shard is not None:
+        try:
+            k, n = parse_shard(shard)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        shard = f"{k}/{n}"
     simulate = bool(config.getoption("llmperf_simulate"))
     root = Path(config.rootpath)
     baseline_dir = Path(config.getoption("llmperf_baseline_dir") or config.getini("llmperf_baseline_dir"))
@@ -174,4 +204,8 @@ def build_session(config: pytest.Config) -> LlmperfSession:
         simulate=simulate,
         max_repeats=max_repeats,
         calibrate=bool(config.getoption("llmperf_calibrate")),
+        shard=shard,
+        report_dir=Path(config.getoption("llmperf_report_dir")).resolve()
+        if config.getoption("llmperf_report_dir")
+        else None,
     )

@@ -85,6 +85,7 @@ class ServerPool:
         self._servers: dict[str, tuple[ServerProcess | None, RunningServer]] = {}
         self._failed: dict[str, ServerError] = {}
         self.launches: dict[str, int] = {}
+        self.log_paths: set[Path] = set()
 
     def failure(self, config_id: str) -> ServerError | None:
         return self._failed.get(config_id)
@@ -186,6 +187,7 @@ class ServerPool:
                 gpu_baseline_mib=gpu_memory_used_mib(indices) if watch_gpu else None,
             )
             self.launches[cfg.id] = self.launches.get(cfg.id, 0) + 1
+            self.log_paths.add(log_path)
             try:
                 proc.start()
             except ServerStartupError:

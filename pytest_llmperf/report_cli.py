@@ -1,0 +1,210 @@
+"""``llmperf report DIR [DIR ...]``: one summary, one study view and one exit code over result folders.
+
+A folder is a ``--llmperf-report-dir`` of one run or of one shard (``summary.json``), or a folder of
+baseline files (the suite's published results, for instance). Several folders are merged; a folder
+that is missing, or a shard that did not write its summary, is named and makes the exit code 2.
+Exit code 1 when any merged test regressed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from pytest_llmperf.baseline import load_baseline
+from pytest_llmperf.config import EngineConfig
+from pytest_llmperf.engines.launch import canonical_command
+from pytest_llmperf.errors import BaselineError, ConfigError
+from pytest_llmperf.matrix_cli import find_matrices
+from pytest_llmperf.report import summary_table
+from pytest_llmperf.report_files import markdown_summary
+from pytest_llmperf.study_view import Entry, StudyView, build_view, render_markdown
+
+__all__ = ["main"]
+
+
+class InputError(Exception):
+    pass
+
+
+def _configs(matrix: Path | None) -> dict[str, EngineConfig]:
+    if matrix is None:
+        return {}
+    return {cfg.id: cfg for _, m in find_matrices(matrix) for cfg in m.engines}
+
+
+def load_dir(path: Path, configs: dict[str, EngineConfig]) -> tuple[list[dict[str, Any]], list[Entry], str | None]:
+    """(test records, study entries, shard "K/N" or None) of one folder."""
+    if not path.is_dir():
+        raise InputError(f"{path}: missing (a shard that never ran, or a wrong path)")
+    summary = path / "summary.json"
+    if summary.is_file():
+        try:
+            data = json.loads(summary.read_text())
+        except ValueError as exc:
+            raise InputError(f"{summary}: not valid JSON ({exc}); the shard's run did not finish writing it") from None
+        records = list(data.get("tests", []))
+        entries = [
+            Entry(
+                r["config"],
+                r.get("engine", ""),
+                r["workload"],
+                r.get("means", {}),
+                r.get("knob"),
+                r.get("derives_from"),
+                r.get("command", ""),
+            )
+            for r in records
+            if r.get("config") and r.get("workload")
+        ]
+        return records, entries, data.get("shard")
+    entries = []
+    for file in sorted(path.rglob("*.json")):
+        try:
+            b = load_baseline(file)
+        except BaselineError:
+            continue
+        if b is None:
+            continue
+        cfg = configs.get(str(b.engine.get("id")))
+        entries.append(
+            Entry(
+                str(b.engine.get("id")),
+                str(b.engine.get("engine", "")),
+                str(b.workload.get("id", "")),
+                {k: statistics.fmean(v) for k, v in b.metrics.items() if v},
+                cfg.knob if cfg else None,
+                cfg.derives_from if cfg else None,
+                canonical_command(cfg) if cfg else str(b.engine.get("command", "")),
+            )
+        )
+    if not entries:
+        raise InputError(f"{path}: no summary.json and no baseline files: the shard failed to report")
+    return [], entries, None
+
+
+def plot(view: StudyView, entries: list[Entry], out_dir: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InputError("llmperf report --plot needs matplotlib: pip install 'pytest-llmperf[plot]'") from None
+    written = []
+    ref = sorted(
+        (e for e in entries if e.workload == view.workload and "total_token_throughput" in e.metrics),
+        key=lambda e: e.metrics["total_token_throughput"],
+    )
+    if ref:
+        fig, ax = plt.subplots(figsize=(9, 0.35 * len(ref) + 1.5))
+        ax.barh([e.config for e in ref], [e.metrics["total_token_throughput"] for e in ref], color="#4c72b0")
+        ax.set_xlabel("total token throughput (tok/s)")
+        ax.set_title(f"{view.workload}: throughput per configuration")
+        fig.tight_layout()
+        path = out_dir / "throughput-by-config.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    rows = [(w, b, n) for w, b, n in view.comparison if b or n]
+    if rows:
+        fig, ax = plt.subplots(figsize=(9, 4))
+        xs = range(len(rows))
+        base = [b.metrics.get("total_token_throughput", 0) if b else 0 for _, b, _ in rows]
+        best = [n.metrics.get("total_token_throughput", 0) if n else 0 for _, _, n in rows]
+        ax.bar([x - 0.2 for x in xs], base, width=0.4, label=view.start.config if view.start else "baseline")
+        ax.bar([x + 0.2 for x in xs], best, width=0.4, label=view.best.config if view.best else "best")
+        ax.set_xticks(list(xs), [w for w, _, _ in rows], rotation=20, ha="right")
+        ax.set_ylabel("total token throughput (tok/s)")
+        ax.set_title("baseline vs best configuration per workload")
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / "throughput-by-workload.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="llmperf report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("dirs", nargs="+", type=Path, help="report folders (one per shard) or baseline folders")
+    ap.add_argument(
+        "--matrix",
+        type=Path,
+        default=None,
+        help="matrix file or folder giving knobs and derivations (needed for baseline folders; "
+        "default: perf_tests when it exists)",
+    )
+    ap.add_argument("--workload", default="sharegpt", help="the reference workload of the study view")
+    ap.add_argument("--out", type=Path, default=None, help="Markdown file to write (default: llmperf-report.md)")
+    ap.add_argument("--plot", action="store_true", help="also draw PNG charts (needs the 'plot' extra)")
+    args = ap.parse_args(argv)
+    matrix = args.matrix or (Path("perf_tests") if Path("perf_tests").is_dir() else None)
+    problems: list[str] = []
+    records: list[dict[str, Any]] = []
+    entries: list[Entry] = []
+    try:
+        configs = _configs(matrix)
+    except ConfigError as exc:
+        print(f"llmperf report: {exc}", file=sys.stderr)
+        return 2
+    shards: dict[int, Path] = {}
+    total_shards = 0
+    for d in args.dirs:
+        try:
+            r, e, shard = load_dir(d, configs)
+        except InputError as exc:
+            problems.append(str(exc))
+            continue
+        records += r
+        entries += e
+        if shard:
+            k, n = (int(x) for x in shard.split("/"))
+            if k in shards:
+                problems.append(f"shard {shard} appears twice: {shards[k]} and {d}")
+            shards[k] = d
+            total_shards = max(total_shards, n)
+    for k in range(1, total_shards + 1):
+        if k not in shards:
+            problems.append(f"shard {k}/{total_shards} did not report: no folder with its summary.json was given")
+    seen: dict[str, str] = {}
+    for rec in records:  # a test reported by two shards is a sharding error: never silently merged
+        if rec["nodeid"] in seen:
+            problems.append(f"{rec['nodeid']} was reported twice")
+        seen[rec["nodeid"]] = rec["verdict"]
+    parts = []
+    if records:
+        print(summary_table(records))
+        parts.append(markdown_summary(records, title="Verdicts"))
+    view = build_view(entries, workload=args.workload)
+    study = render_markdown(view)
+    print()
+    print(study)
+    parts.append(study)
+    out = args.out or Path("llmperf-report.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(parts))
+    print(f"llmperf report: wrote {out}")
+    if args.plot:
+        try:
+            for path in plot(view, entries, out.parent):
+                print(f"llmperf report: wrote {path}")
+        except InputError as exc:
+            print(f"llmperf report: {exc}", file=sys.stderr)
+            return 2
+    for problem in problems:
+        print(f"llmperf report: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    failed = sorted(r["case"] for r in records if r["verdict"] == "FAIL")
+    if failed:
+        print(f"llmperf report: {len(failed)} regressed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,130 @@
+"""Files under ``--llmperf-report-dir``: every run's JSON, the session summary, Markdown, server logs.
+
+Layout::
+
+    DIR/results/<case>/run-<i>.json   one `vllm bench serve`-compatible JSON per measured run
+    DIR/summary.json                  schema-versioned: environment, engine versions, every verdict
+    DIR/summary.md                    Markdown tables for a pull request or a CI job summary
+    DIR/logs/...                      every server's log
+
+``summary.md`` is also appended to ``$GITHUB_STEP_SUMMARY`` when that variable is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pytest_llmperf import __version__
+
+__all__ = ["SUMMARY_SCHEMA_VERSION", "copy_logs", "markdown_summary", "write_run", "write_session"]
+
+SUMMARY_SCHEMA_VERSION = 1
+_ORDER = {"FAIL": 0, "NEW": 1, "INCONCLUSIVE": 2, "PASS": 3}
+
+
+def write_run(report_dir: Path, case: str, index: int, data: dict[str, Any]) -> Path:
+    path = report_dir / "results" / case / f"run-{index}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data) + "\n")
+    return path
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.2f}"
+
+
+def markdown_summary(records: Sequence[dict[str, Any]], *, title: str = "pytest-llmperf results") -> str:
+    """One row per test and gated metric, regressions first."""
+    counts: dict[str, int] = {}
+    for rec in records:
+        counts[rec["verdict"]] = counts.get(rec["verdict"], 0) + 1
+    head = ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: _ORDER.get(kv[0], 9)))
+    lines = [
+        f"## {title}",
+        "",
+        f"{len(records)} test(s): {head or 'none'}",
+        "",
+        "| test | metric | baseline | current | change | tolerance | p | n | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rec in sorted(records, key=lambda r: (_ORDER.get(r["verdict"], 9), r["case"])):
+        for row in rec["rows"]:
+            if not row["gated"]:
+                continue
+            change = "-" if row["change"] is None else f"{row['change']:+.1%}"
+            tol = "0" if row["metric"] == "failed" else f"{row['tolerance']:.0%}"
+            p = "-" if row["p_value"] is None else f"{row['p_value']:.3g}"
+            verdict = row["verdict"] + (" (updated)" if rec.get("updated") else "")
+            if verdict.startswith("FAIL"):
+                verdict = f"**{verdict}**"
+            lines.append(
+                f"| `{rec['case']}` | {row['metric']} | {_num(row['baseline'])} | {_num(row['current'])} | "
+                f"{change} | {tol} | {p} | {row['n_baseline']}/{row['n_current']} | {verdict} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _environment(gpus: Any) -> dict[str, Any]:
+    return {
+        "plugin_version": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "gpus": gpus,
+        "argv": sys.argv,
+    }
+
+
+def write_session(
+    report_dir: Path,
+    records: Sequence[dict[str, Any]],
+    *,
+    gpus: Any,
+    started: float,
+    shard: str | None = None,
+) -> list[Path]:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    engines: dict[str, str | None] = {}
+    for rec in records:
+        if rec.get("config"):
+            engines[rec["config"]] = rec.get("engine_version")
+    summary = {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+        "shard": shard,
+        "environment": _environment(gpus),
+        "engine_versions": engines,
+        "tests": list(records),
+    }
+    written = []
+    path = report_dir / "summary.json"
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    written.append(path)
+    md = markdown_summary(records)
+    md_path = report_dir / "summary.md"
+    md_path.write_text(md)
+    written.append(md_path)
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as f:
+            f.write(md)
+    return written
+
+
+def copy_logs(report_dir: Path, logs: Sequence[Path]) -> None:
+    """The logs of the servers this process launched (each xdist worker copies its own)."""
+    target = report_dir / "logs"
+    for log in logs:
+        if log.is_file():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(log, target / log.name)

@@ -1,0 +1,174 @@
+"""Reports: the report folder, JUnit properties, the study view from the published results, the nightly workflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TEST = """
+import pytest
+
+pytestmark = pytest.mark.llmperf_matrix("matrix.toml")
+
+
+def test_serving(llmperf_bench, llmperf_gate):
+    llmperf_gate.check(llmperf_bench.run())
+"""
+
+MATRIX = """
+[[engines]]
+id = "steady"
+engine = "sim"
+model = "llmperf-sim"
+sim = {{ profile = "deterministic", ttft_ms = 20, itl_ms = 20 }}
+
+[[engines]]
+id = "slower"
+engine = "sim"
+model = "llmperf-sim"
+sim = {{ profile = "deterministic", ttft_ms = 20, itl_ms = 20, slowdown = {slowdown} }}
+
+[[workloads]]
+id = "w"
+random_input_len = 8
+random_output_len = 12
+num_prompts = 8
+"""
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_llmperf.cli", *args], cwd=cwd, capture_output=True, text=True, env=env
+    )
+
+
+def test_report_dir_files_markdown_step_summary_and_junit(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    pytester.makefile(".toml", matrix=MATRIX.format(slowdown=1.0))
+    pytester.makepyfile(test_perf=TEST)
+    pytester.runpytest("--llmperf-update-baselines", "--llmperf-repeats", "2").assert_outcomes(passed=2)
+    pytester.makefile(".toml", matrix=MATRIX.format(slowdown=1.3))  # one config regresses by 30%
+    step_summary = tmp_path / "step-summary.md"
+    os.environ["GITHUB_STEP_SUMMARY"] = str(step_summary)
+    try:
+        result = pytester.runpytest(
+            "--llmperf-report-dir", "reports", "--llmperf-repeats", "2", "--junitxml", "reports/junit.xml"
+        )
+    finally:
+        del os.environ["GITHUB_STEP_SUMMARY"]
+    result.assert_outcomes(passed=1, failed=1)
+    reports = pytester.path / "reports"
+    for case in ("steady-w", "slower-w"):
+        for i in (1, 2):
+            run = json.loads((reports / "results" / case / f"run-{i}.json").read_text())
+            assert run["completed"] == 8 and "output_throughput" in run and run["config"] == case.split("-")[0]
+    summary = json.loads((reports / "summary.json").read_text())
+    assert summary["schema_version"] == 1 and summary["environment"]["plugin_version"]
+    assert summary["engine_versions"] == {
+        "steady": summary["engine_versions"]["steady"],
+        "slower": summary["engine_versions"]["slower"],
+    }
+    assert {t["case"]: t["verdict"] for t in summary["tests"]} == {"steady-w": "PASS", "slower-w": "FAIL"}
+    md = (reports / "summary.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| `")]
+    assert len(rows) == 2 * 4  # one row per test and gated metric
+    assert rows[0].startswith("| `slower-w` |")  # regressions first
+    verdict = {(r.split("|")[1].strip(" `"), r.split("|")[2].strip()): r.split("|")[-2].strip() for r in rows}
+    assert verdict[("slower-w", "output_throughput")] == "**FAIL**"
+    assert verdict[("slower-w", "mean_tpot_ms")] == "**FAIL**"
+    assert verdict[("slower-w", "failed")] == "PASS"
+    assert verdict[("steady-w", "total_token_throughput")] == "PASS"
+    assert step_summary.read_text() == md
+    assert sorted(p.name for p in (reports / "logs").iterdir()) == ["slower.log", "steady.log"]
+    junit = (reports / "junit.xml").read_text()
+    assert '<property name="llmperf.verdict" value="FAIL" />' in junit
+    assert '<property name="llmperf.output_throughput"' in junit
+
+
+def test_llmperf_report_reproduces_the_studys_summary_from_its_published_results(tmp_path: Path) -> None:
+    result = cli(
+        "report",
+        str(ROOT / "baselines/perf_tests/study"),
+        "--matrix",
+        str(ROOT / "perf_tests/study/deepseek_v32_h200.toml"),
+        "--out",
+        str(tmp_path / "report.md"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    # the study's "Summary of Optimization Options", recomputed from its detailed result blocks
+    assert "| Parallelism | +28.66% | sglang-tp-dp-dp-attn | 7,351.59 |" in out
+    assert "| Tool Call Configuration | +13.94% | sglang-tool-call | 8,376.43 |" in out
+    assert "| Context Length Adjust | +4.47% | sglang-ctx-32k | 8,750.49 |" in out
+    assert "| Attention Backend | +2.49% | sglang-attn-fa3 | 8,968.32 |" in out
+    for knob in ("KV Cache Dtype", "MTP", "DeepGEMM"):
+        assert f"| {knob} | - | - | - |" in out
+    assert "Start: `vllm-baseline` (5,713.95 tok/s)" in out
+    assert "`sglang-attn-fa3`: 8,968.32 total tok/s on sharegpt." in out
+    assert "--attention-backend nsa --nsa-prefill-backend fa3 --nsa-decode-backend fa3" in out
+    assert (tmp_path / "report.md").read_text().count("## Summary of optimization options") == 1
+
+
+def test_report_plot_writes_png_charts(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    result = cli(
+        "report",
+        str(ROOT / "baselines/perf_tests/study"),
+        "--matrix",
+        str(ROOT / "perf_tests/study"),
+        "--out",
+        str(tmp_path / "r.md"),
+        "--plot",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    import matplotlib.image
+
+    for name in ("throughput-by-config.png", "throughput-by-workload.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        image = matplotlib.image.imread(tmp_path / name)
+        assert image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_report_plot_without_matplotlib_names_the_extra(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from pytest_llmperf.cli import main; "
+        f"sys.exit(main(['report', {str(ROOT / 'baselines/perf_tests/study')!r}, '--out', 'r.md', '--plot']))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "needs matplotlib: pip install 'pytest-llmperf[plot]'" in result.stderr
+
+
+def test_nightly_workflow_is_valid_and_calls_only_existing_commands() -> None:
+    wf = yaml.safe_load((ROOT / ".github/workflows/nightly-h200.yml").read_text())
+    assert set(wf["jobs"]) == {"plan", "perf", "verdict"}
+    perf = wf["jobs"]["perf"]
+    assert "gpu-h200x8" in perf["runs-on"]
+    runs = "\n".join(step.get("run", "") for job in wf["jobs"].values() for step in job["steps"])
+    assert "--llmperf-update-baselines" not in runs  # never refreshes baselines by itself
+    assert "pytest perf_tests -m h200 --llmperf-shard" in runs and "--llmperf-report-dir" in runs
+    assert "llmperf report $dirs" in runs
+    # every llmperf sub-command and pytest option the workflow uses exists
+    help_text = subprocess.run([sys.executable, "-m", "pytest", "--help"], capture_output=True, text=True).stdout
+    for token in shlex.split(runs.replace("\\\n", " "), posix=True):
+        if token.startswith("--llmperf-"):
+            assert token.split("=")[0] in help_text, token
+    llmperf_help = subprocess.run(
+        [sys.executable, "-m", "pytest_llmperf.cli", "--help"], capture_output=True, text=True
+    ).stdout
+    assert "report DIR" in llmperf_help
+    assert (ROOT / "perf_tests/study/engines-pinned.txt").exists()
+    doc = (ROOT / "docs/nightly-ci.md").read_text()
+    for step in ("--llmperf-update-baselines", "llmperf compare", "llmperf report", "summary.md"):
+        assert step in doc
