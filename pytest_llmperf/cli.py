@@ -16,6 +16,7 @@ commands:
   matrix PATH             print every engine config's launch command, environment, markers and workloads
   baselines list|show|prune   inspect baseline files; remove those no test matches
   report DIR [DIR ...]    one summary, the study view and one exit code over report (or baseline) folders
+  tiny-model DIR          write a tiny Llama config + locally trained tokenizer (a real vLLM on CPU, no hub)
   compare OLD NEW         compare two result or baseline sets with the gate's verdicts (exit 1 on regression)
 """
 
@@ -68,7 +69,19 @@ def _report(args: list[str]) -> int:
     return report_main(args)
 
 
+def _tiny_model(args: list[str]) -> int:
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: llmperf tiny-model DIR", file=sys.stderr)
+        return 2
+    from pytest_llmperf.tiny_model import write_tiny_model
+
+    path = write_tiny_model(args[0])
+    print(f"wrote a tiny Llama config and a locally trained tokenizer to {path}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "tiny-model": _tiny_model,
     "report": _report,
     "sim": _sim,
     "bench": _bench,

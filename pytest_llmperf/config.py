@@ -132,6 +132,9 @@ class EngineConfig(_Strict):
     engine: EngineName
     model: str
     version: str | None = None  # the engine version the config is written for (selects renamed flags)
+    # the words before the model in place of the engine's usual ones (`vllm serve`): for example
+    # ["{python}", "-m", "vllm.entrypoints.openai.api_server", "--model"]; {python} is this interpreter
+    launcher: tuple[str, ...] | None = None
     served_model_name: str | None = None
     host: str | None = None  # listen address; default 127.0.0.1 (the client always uses loopback)
     port: int | None = Field(default=None, ge=1, le=65535)  # default: a free port chosen at launch

@@ -34,8 +34,9 @@ from pytest_llmperf.errors import BaselineError, DatasetError, ServerError, Unsu
 from pytest_llmperf.gate import compare_samples, format_failure, overall_verdict
 from pytest_llmperf.hardware import hardware_key
 from pytest_llmperf.loadgen import BenchmarkResult, BenchSettings, SampleRequest, run_benchmark_sync
-from pytest_llmperf.loadgen.datasets import random_requests, sharegpt_requests
+from pytest_llmperf.loadgen.datasets import Tokenizer, random_requests, sharegpt_requests
 from pytest_llmperf.loadgen.results import result_json
+from pytest_llmperf.loadgen.tokenizers import load_tokenizer
 from pytest_llmperf.report import CALIBRATION_PROPERTY, RESULT_PROPERTY
 from pytest_llmperf.report_files import write_run
 from pytest_llmperf.session import LlmperfSession, RunningServer, session_key
@@ -111,8 +112,18 @@ class PerfBench:
         self.server = server
         self.state = state
 
+    def tokenizer(self) -> Tokenizer:
+        """The simulator's own tokenizer; a config's local tokenizer; else the server's /tokenize."""
+        engine = self.case.engine
+        if engine.engine == "sim" or (self.state.simulate and engine.tokenizer is None):
+            return SimTokenizer()
+        if engine.tokenizer is not None:
+            path = Path(engine.tokenizer)
+            return load_tokenizer(str(path if path.is_absolute() else self.state.rootdir / path))
+        return load_tokenizer(None, base_url=self.server.base_url, model=self.server.model)
+
     def requests(self, workload: Workload) -> list[SampleRequest]:
-        tokenizer = SimTokenizer()
+        tokenizer = self.tokenizer()
         if workload.dataset == "random":
             return random_requests(
                 tokenizer,
@@ -124,6 +135,8 @@ class PerfBench:
                 seed=workload.seed,
             )
         path = workload.dataset_path or self.state.sharegpt
+        if path and not Path(path).is_absolute() and (self.state.rootdir / path).exists():
+            path = str(self.state.rootdir / path)
         if not path:
             pytest.skip(
                 f"[{self.case.id}] needs the ShareGPT dataset: download ShareGPT_V3_unfiltered_cleaned_split.json "
@@ -342,6 +355,11 @@ class PerfGate:
             )
         if update:
             return
+        if hw_diff and self.state.other_hardware == "skip":
+            pytest.skip(
+                f"[{self.case.id}] baseline {rel} was recorded on other hardware ({'; '.join(hw_diff)}); "
+                "not compared (--llmperf-on-other-hardware=skip)"
+            )
         if hw_diff:
             pytest.fail(
                 f"[{self.case.id}] baseline {rel} was recorded on other hardware ({'; '.join(hw_diff)}); it is "

@@ -6,6 +6,8 @@ recorded outputs of that command (a fake ``nvidia-smi`` on ``PATH``).
 
 from __future__ import annotations
 
+import os
+import platform
 import shutil
 import subprocess
 import time
@@ -98,12 +100,27 @@ def missing_hardware(marker: str, gpus: list[Gpu] | None) -> str | None:
     )
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware_key(gpus: list[Gpu] | None) -> dict[str, Any]:
-    """The hardware a result was measured on (compared before any metric)."""
+    """The hardware a result was measured on (compared before any metric): GPUs, driver, and the CPU class
+    (which is what a CPU-only engine's results depend on)."""
+    key: dict[str, Any] = {"kind": "host", "cpu": f"{os.cpu_count()}x {cpu_model()}"}
     if not gpus:
-        return {"kind": "host", "gpus": "none"}
+        key["gpus"] = "none"
+        return key
     names = sorted({g.name for g in gpus})
-    return {"kind": "host", "gpus": f"{len(gpus)}x {' + '.join(names)}", "driver": gpus[0].driver}
+    key.update({"gpus": f"{len(gpus)}x {' + '.join(names)}", "driver": gpus[0].driver})
+    return key
 
 
 def gpu_slice(worker: str | None, workers: int, needed: int, gpus: list[Gpu] | None) -> list[int] | None:

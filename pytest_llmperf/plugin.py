@@ -121,6 +121,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write the baseline paths of every collected perf test to FILE as JSON (llmperf baselines prune)",
     )
     group.addoption(
+        "--llmperf-on-other-hardware",
+        choices=("fail", "skip"),
+        default="fail",
+        help="a baseline recorded on other hardware (GPU, driver, CPU class) is never compared: fail the test "
+        "saying which key differs (default), or skip it with that reason",
+    )
+    group.addoption(
         "--llmperf-shard",
         default=None,
         metavar="K/N",

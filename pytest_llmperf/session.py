@@ -41,6 +41,7 @@ class LlmperfSession:
     calibrate: bool = False
     calibration: list[dict[str, Any]] = field(default_factory=list)
     report_dir: Path | None = None
+    other_hardware: str = "fail"  # what a baseline from other hardware does: "fail" or "skip"
     shard: str | None = None
     reporter: Any = None  # the terminal reporter, for progress lines (None: quiet, or an xdist worker)
     _gpus: list[Gpu] | None = None
@@ -200,11 +201,12 @@ def build_session(config: pytest.Config) -> LlmperfSession:
         repeats=repeats,
         default_tolerance=tolerance,
         sharegpt=config.getoption("llmperf_sharegpt"),
-        pool=ServerPool(log_dir, slowdown, simulate=simulate, endpoints=endpoints),
+        pool=ServerPool(log_dir, slowdown, simulate=simulate, endpoints=endpoints, cwd=root),
         simulate=simulate,
         max_repeats=max_repeats,
         calibrate=bool(config.getoption("llmperf_calibrate")),
         shard=shard,
+        other_hardware=config.getoption("llmperf_on_other_hardware"),
         report_dir=Path(config.getoption("llmperf_report_dir")).resolve()
         if config.getoption("llmperf_report_dir")
         else None,

@@ -146,7 +146,9 @@ def test_gpu_detection_from_recorded_nvidia_smi(tmp_path: Path, monkeypatch: pyt
     gpus = detect_gpus()
     assert gpus is not None and len(gpus) == 8 and gpus[0].name == "NVIDIA H200" and gpus[0].driver == "570.86.15"
     assert missing_hardware("h200", gpus) is None
-    assert hardware_key(gpus) == {"kind": "host", "gpus": "8x NVIDIA H200", "driver": "570.86.15"}
+    key = hardware_key(gpus)
+    assert key["gpus"] == "8x NVIDIA H200" and key["driver"] == "570.86.15" and key["kind"] == "host"
+    assert key["cpu"]  # the CPU class is part of the key too
     assert gpu_slice("gw1", 4, 2, gpus) == [2, 3]
     assert gpu_slice(None, 1, 8, gpus) is None
     with pytest.raises(ValueError, match="run with at most -n 1"):

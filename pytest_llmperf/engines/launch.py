@@ -65,8 +65,14 @@ def _flag(flag: str, on: bool) -> list[str]:
     return [flag] if on else []
 
 
-def _vllm(cfg: EngineConfig, env: dict[str, str]) -> list[str]:
-    argv = [*ENGINE_PREFIX["vllm"], cfg.model]
+def _prefix(cfg: EngineConfig, python: str) -> list[str]:
+    if cfg.launcher is not None:
+        return [python if word == "{python}" else word for word in cfg.launcher]
+    return list(ENGINE_PREFIX[cfg.engine])
+
+
+def _vllm(cfg: EngineConfig, env: dict[str, str], python: str) -> list[str]:
+    argv = [*_prefix(cfg, python), cfg.model]
     argv += _opt("-tp", cfg.tensor_parallel_size)
     argv += _opt("-dp", cfg.data_parallel_size)
     argv += _opt("-pp", cfg.pipeline_parallel_size)
@@ -102,8 +108,8 @@ def _vllm(cfg: EngineConfig, env: dict[str, str]) -> list[str]:
     return argv
 
 
-def _sglang(cfg: EngineConfig, env: dict[str, str]) -> list[str]:
-    argv = [*ENGINE_PREFIX["sglang"], "--model-path", cfg.model]
+def _sglang(cfg: EngineConfig, env: dict[str, str], python: str) -> list[str]:
+    argv = [*_prefix(cfg, python), "--model-path", cfg.model]
     argv += _opt("--chat-template", cfg.chat_template)
     argv += _opt("--tp-size", cfg.tensor_parallel_size)
     argv += _opt("--dp-size", cfg.data_parallel_size)
@@ -133,8 +139,8 @@ def _sglang(cfg: EngineConfig, env: dict[str, str]) -> list[str]:
     return argv
 
 
-def _trtllm(cfg: EngineConfig, env: dict[str, str]) -> list[str]:
-    argv = [*ENGINE_PREFIX["trtllm"], cfg.model]
+def _trtllm(cfg: EngineConfig, env: dict[str, str], python: str) -> list[str]:
+    argv = [*_prefix(cfg, python), cfg.model]
     argv += _opt("--tp_size", cfg.tensor_parallel_size)
     argv += _opt("--ep_size", cfg.expert_parallel_size)
     argv += _opt("--pp_size", cfg.pipeline_parallel_size)
@@ -186,18 +192,19 @@ def render_launch(
     """
     env: dict[str, str] = {}
     if cfg.engine == "vllm":
-        argv = _vllm(cfg, env)
+        argv = _vllm(cfg, env, python)
     elif cfg.engine == "sglang":
-        argv = _sglang(cfg, env)
+        argv = _sglang(cfg, env, python)
     elif cfg.engine == "trtllm":
-        argv = _trtllm(cfg, env)
+        argv = _trtllm(cfg, env, python)
     else:
         argv = _sim(cfg, python, sim_slowdown)
     listen_host = host or cfg.host
     listen_port = port if port is not None else cfg.port
     if cfg.engine == "sglang":  # SGLang's scripts put the address right after the model
         addr = _opt("--host", listen_host) + _opt("--port", listen_port)
-        argv = argv[:5] + addr + argv[5:]
+        at = len(_prefix(cfg, python)) + 2
+        argv = argv[:at] + addr + argv[at:]
     else:
         argv += _opt("--host", listen_host) + _opt("--port", listen_port)
     argv += list(cfg.extra_args)

@@ -76,8 +76,10 @@ class ServerPool:
         simulate: bool = False,
         endpoints: dict[str, str] | None = None,
         gpus: list[Gpu] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.log_dir = log_dir
+        self.cwd = cwd
         self.sim_slowdown = sim_slowdown
         self.simulate = simulate
         self.endpoints = endpoints or {}
@@ -185,6 +187,7 @@ class ServerPool:
                 startup_timeout_s=cfg.startup_timeout_s,
                 gpu_indices=indices,
                 gpu_baseline_mib=gpu_memory_used_mib(indices) if watch_gpu else None,
+                cwd=self.cwd,
             )
             self.launches[cfg.id] = self.launches.get(cfg.id, 0) + 1
             self.log_paths.add(log_path)

@@ -88,6 +88,7 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         gpu_indices: list[int] | None = None,
         gpu_baseline_mib: int | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.spec = spec
         self.base_url = base_url
@@ -100,6 +101,7 @@ class ServerProcess:
         self.startup_s: float | None = None
         self.gpu_indices = gpu_indices
         self.gpu_baseline_mib = gpu_baseline_mib  # GPU memory in use before launch, when nvidia-smi exists
+        self.cwd = cwd  # relative paths in a config (a local model) are relative to the rootdir
 
     @property
     def config_id(self) -> str:
@@ -120,6 +122,7 @@ class ServerProcess:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     env=env,
+                    cwd=self.cwd,
                     start_new_session=True,
                     preexec_fn=_set_parent_death_signal,
                 )
