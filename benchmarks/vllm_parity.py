@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pytest_llmperf.config import EngineConfig
+from pytest_llmperf.config import EngineConfig, SimOptions
 from pytest_llmperf.engines import ServerProcess, free_port, render_launch
 from pytest_llmperf.tokenizer import SimTokenizer
 
@@ -47,10 +47,22 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--num-prompts", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=50)
+    ap.add_argument(
+        "--profile",
+        default="cpu-small",
+        choices=["cpu-small", "deterministic"],
+        help="the server's timing model (deterministic: TTFT 50 ms, ITL 20 ms for every request)",
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="llmperf-parity-"))
     tok_dir = SimTokenizer().save_hf(tmp / "tokenizer")
-    cfg = EngineConfig(id="parity", engine="sim", model="llmperf-sim", max_model_len=8192)
+    cfg = EngineConfig(
+        id="parity",
+        engine="sim",
+        model="llmperf-sim",
+        max_model_len=8192,
+        sim=SimOptions(profile=args.profile, ttft_ms=50, itl_ms=20),
+    )
     port = free_port()
     server = ServerProcess(
         render_launch(cfg, port=port),

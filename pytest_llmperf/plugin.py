@@ -163,7 +163,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[session_key] = state
     config.pluginmanager.register(ResultCollector(state), "llmperf-results")
     if not hasattr(config, "workerinput") and config.get_verbosity() >= 0:
-        state.reporter = config.pluginmanager.get_plugin("terminalreporter")
+        state.reporter_lookup = lambda: config.pluginmanager.get_plugin("terminalreporter")
+        capman = config.pluginmanager.get_plugin("capturemanager")
+        if capman is not None:
+            state.capture_disabled = capman.global_and_fixture_disabled
     install_signal_handlers()
 
 

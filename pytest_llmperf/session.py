@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -43,7 +44,8 @@ class LlmperfSession:
     report_dir: Path | None = None
     other_hardware: str = "fail"  # what a baseline from other hardware does: "fail" or "skip"
     shard: str | None = None
-    reporter: Any = None  # the terminal reporter, for progress lines (None: quiet, or an xdist worker)
+    reporter_lookup: Any = None  # finds the terminal reporter for progress lines (None: quiet, or an xdist worker)
+    capture_disabled: Any = contextlib.nullcontext
     _gpus: list[Gpu] | None = None
     _gpus_detected: bool = False
     pending: dict[Path, Baseline] = field(default_factory=dict)
@@ -62,11 +64,16 @@ class LlmperfSession:
             self.pool.gpus = self._gpus
         return self._gpus
 
+    @property
+    def reporter(self) -> Any:
+        return self.reporter_lookup() if self.reporter_lookup is not None else None
+
     def progress(self, label: str, every_s: float = 5.0) -> ProgressFn | None:
         """A progress callback printing a line at most every ``every_s`` seconds, or None when quiet."""
         reporter = self.reporter
         if reporter is None:
             return None
+        write = reporter
         last = [time.monotonic()]
 
         def report(done: int, total: int, out_tokens: int, elapsed: float) -> None:
@@ -75,8 +82,9 @@ class LlmperfSession:
                 return
             last[0] = now
             rate = out_tokens / elapsed if elapsed > 0 else 0.0
-            reporter.ensure_newline()
-            reporter.write_line(f"  [{label}] {done}/{total} requests, {rate:,.0f} output tok/s, {elapsed:.0f} s")
+            with self.capture_disabled():  # the test's output is captured: the line goes to the terminal
+                write.ensure_newline()
+                write.write_line(f"  [{label}] {done}/{total} requests, {rate:,.0f} output tok/s, {elapsed:.0f} s")
 
         return report
 

@@ -238,3 +238,27 @@ unsupported = { match = "softmax lse", reason = "no LSE", message = "AssertionEr
     files = list((pytester.path / "baselines").rglob("*.json"))
     assert [f.relative_to(pytester.path / "baselines").parts[0] for f in files] == ["simulated"]
     assert json.loads(files[0].read_text())["hardware"] == {"kind": "simulated", "profile": "h200-vllm"}
+
+
+def test_teardown_waits_for_gpu_memory_to_come_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_llmperf.hardware import gpu_memory_used_mib, wait_for_gpu_memory
+
+    # a recorded nvidia-smi whose reported memory drops by 40 GiB per call: a dying server freeing its memory
+    counter = tmp_path / "calls"
+    counter.write_text("0")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    exe = bindir / "nvidia-smi"
+    exe.write_text(
+        "#!/bin/sh\n"
+        f"n=$(cat {counter}); echo $((n + 1)) > {counter}\n"
+        "used=$((120000 - n * 40000)); [ $used -lt 1000 ] && used=1000\n"
+        'echo "0, NVIDIA H200, 143771, $used, 570.86.15"\n'
+    )
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    assert gpu_memory_used_mib() == 120000
+    assert wait_for_gpu_memory(1000, poll_s=0.01, timeout_s=5)
+    assert int(counter.read_text()) >= 4  # it polled until the memory was back
+    counter.write_text("0")
+    assert not wait_for_gpu_memory(1000, poll_s=0.01, timeout_s=0.0)  # bounded: gives up and says so

@@ -172,3 +172,48 @@ def test_nightly_workflow_is_valid_and_calls_only_existing_commands() -> None:
     doc = (ROOT / "docs/nightly-ci.md").read_text()
     for step in ("--llmperf-update-baselines", "llmperf compare", "llmperf report", "summary.md"):
         assert step in doc
+
+
+def test_progress_lines_while_running_and_quiet_under_q(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".toml", matrix=MATRIX.format(slowdown=1.0))
+    pytester.makepyfile(test_perf=TEST)
+    loud = pytester.runpytest("--llmperf-update-baselines", "--llmperf-repeats", "1", "-k", "steady")
+    assert "[steady-w run 1] 8/8 requests, " in loud.stdout.str() and "output tok/s" in loud.stdout.str()
+    quiet = pytester.runpytest("--llmperf-repeats", "1", "-k", "steady", "-q")
+    assert "requests, " not in quiet.stdout.str()
+
+
+def test_published_baselines_equal_the_studys_result_blocks() -> None:
+    study = ROOT.parent / "shared" / "reference" / "deepseek-v3.2-h200-study.md"
+    if not study.exists():
+        pytest.skip(f"the study is not beside the checkout ({study})")
+    sys.path.insert(0, str(ROOT / "perf_tests" / "study"))
+    try:
+        from import_published import placed_blocks
+    finally:
+        sys.path.pop(0)
+    from pytest_llmperf.baseline import load_baseline
+
+    blocks = placed_blocks(study.read_text())
+    assert len(blocks) == 29  # every full result block of the study
+    listing = cli("baselines", "list", str(ROOT / "baselines/perf_tests/study"), cwd=ROOT).stdout
+    for config, workload, _, metrics in blocks:
+        case = f"{config}-{workload}"
+        assert case in listing
+        b = load_baseline(ROOT / "baselines/perf_tests/study/test_deepseek_v32_h200/test_serving" / f"{case}.json")
+        assert b is not None and b.provenance.source == "published"
+        for key in (
+            "total_token_throughput",
+            "output_throughput",
+            "request_throughput",
+            "mean_ttft_ms",
+            "median_ttft_ms",
+            "p99_ttft_ms",
+            "mean_tpot_ms",
+            "median_tpot_ms",
+            "p99_tpot_ms",
+            "mean_itl_ms",
+            "median_itl_ms",
+            "p99_itl_ms",
+        ):
+            assert b.metrics[key] == [metrics[key]], (case, key)

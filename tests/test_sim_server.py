@@ -116,3 +116,20 @@ def test_engine_command_line_flags_are_accepted_and_unknown_ones_ignored(start_s
     server = start_sim("--trust-remote-code", "--kv-cache-dtype", "fp8")
     assert httpx.get(server.base_url + "/health").status_code == 200
     assert "ignoring flags it does not model: --trust-remote-code --kv-cache-dtype fp8" in server.log_path.read_text()
+
+
+def test_eos_ends_outputs_early_unless_ignore_eos(start_sim) -> None:
+    server = start_sim("--eos-mean-tokens", "5", profile="deterministic", ttft_ms=1, itl_ms=1)
+
+    def run(ignore_eos: bool) -> list[tuple[int, str]]:
+        out = []
+        for _ in range(8):
+            body = {"model": "llmperf-sim", "prompt": "a b", "max_tokens": 50, "ignore_eos": ignore_eos}
+            r = httpx.post(server.base_url + "/v1/completions", json=body).json()
+            out.append((r["usage"]["completion_tokens"], r["choices"][0]["finish_reason"]))
+        return out
+
+    natural = run(False)
+    assert all(n < 50 and reason == "stop" for n, reason in natural if reason == "stop")
+    assert sum(reason == "stop" for _, reason in natural) >= 6
+    assert run(True) == [(50, "length")] * 8

@@ -133,6 +133,8 @@ class ServerProcess:
                     config_id=self.config_id,
                 ) from None
         self.pgid = self.proc.pid
+        with open(self.log_path, "ab") as log:
+            log.write(f"### llmperf: server pid {self.proc.pid}, process group {self.pgid}\n".encode())
         with _LOCK:
             _LIVE.add(self)
         t0 = time.monotonic()

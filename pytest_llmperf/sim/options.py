@@ -29,6 +29,7 @@ class SimServerOptions:
     slowdown: float = 1.0
     seed: int = 0
     jitter: float = 0.0
+    eos_mean_tokens: float = 0.0
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     kv_cache_tokens: int | None = None
@@ -66,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--slowdown", type=float, default=1.0, help="multiply every step time (prove the gate)")
     p.add_argument("--seed", type=int, default=0, help="seeds faults and jitter: every run is reproducible")
     p.add_argument("--jitter", type=float, default=0.0, help="relative std-dev of step times (0: none)")
+    p.add_argument(
+        "--eos-mean-tokens",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="without ignore_eos, end each output at a natural length drawn with mean N (0: never)",
+    )
     p.add_argument(
         "--max-num-seqs",
         "--max-running-requests",

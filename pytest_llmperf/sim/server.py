@@ -62,6 +62,7 @@ class Generation:
         max_tokens: int,
         stream: bool,
         include_usage: bool,
+        finish_reason: str = "length",
     ) -> None:
         self.server = server
         self.conn = conn
@@ -70,6 +71,7 @@ class Generation:
         self.max_tokens = max_tokens
         self.stream = stream
         self.include_usage = include_usage
+        self.finish_reason = finish_reason
         self.rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.arrival = server.loop.time()
@@ -94,7 +96,7 @@ class Generation:
             ).encode()
             self.mid = (prefix + '"content":"').encode()
             self.tail = b'"},"logprobs":null,"finish_reason":null}]}\n\n'
-            self.last_tail = b'"},"logprobs":null,"finish_reason":"length"}]}\n\n'
+            self.last_tail = f'"}},"logprobs":null,"finish_reason":"{finish_reason}"}}]}}\n\n'.encode()
         else:
             prefix = (
                 f'data: {{"id":"{self.rid}","object":"text_completion","created":{self.created},'
@@ -103,7 +105,9 @@ class Generation:
             self.role = b""
             self.mid = (prefix + '"text":"').encode()
             self.tail = b'","logprobs":null,"finish_reason":null,"stop_reason":null}],"usage":null}\n\n'
-            self.last_tail = b'","logprobs":null,"finish_reason":"length","stop_reason":null}],"usage":null}\n\n'
+            self.last_tail = (
+                f'","logprobs":null,"finish_reason":"{finish_reason}","stop_reason":null}}],"usage":null}}\n\n'.encode()
+            )
         conn.on_close = self.cancel
 
     def start(self) -> None:
@@ -201,11 +205,17 @@ class Generation:
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
                 "logprobs": None,
-                "finish_reason": "length",
+                "finish_reason": self.finish_reason,
             }
             obj = "chat.completion"
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length", "stop_reason": None}
+            choice = {
+                "index": 0,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": self.finish_reason,
+                "stop_reason": None,
+            }
             obj = "text_completion"
         self.conn.send_json(
             200,
@@ -427,6 +437,12 @@ class SimServer:
             self.det_prompt_tokens += prompt_tokens
         stream = bool(body.get("stream", False))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
+        finish_reason = "length"
+        if opts.eos_mean_tokens and not body.get("ignore_eos", False):
+            # a natural end (EOS), drawn reproducibly per request; ignore_eos runs to max_tokens
+            natural = 1 + int(random.Random(opts.seed * 1_000_003 + n).expovariate(1.0 / opts.eos_mean_tokens))
+            if natural < max_tokens:
+                max_tokens, finish_reason = natural, "stop"
         Generation(
             self,
             conn,
@@ -435,6 +451,7 @@ class SimServer:
             max_tokens=max_tokens,
             stream=stream,
             include_usage=include_usage,
+            finish_reason=finish_reason,
         ).start()
 
 
