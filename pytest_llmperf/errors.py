@@ -61,8 +61,10 @@ class ServerError(LlmperfError):
         log_path: str | None = None,
         log_tail: str = "",
         matched: tuple[str, ...] = (),
+        log_offset: int = 0,
     ):
         self.config_id = config_id
+        self.log_offset = log_offset  # where this launch's part of the log begins
         self.log_path = log_path
         self.log_tail = log_tail
         self.matched = matched

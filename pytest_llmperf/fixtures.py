@@ -453,7 +453,7 @@ def llmperf_server(request: pytest.FixtureRequest, llmperf_case: Case) -> Runnin
 
 
 def _matching_lines(pattern: str, error: ServerError) -> list[str]:
-    text = read_log(error.log_path) if error.log_path else ""
+    text = read_log(error.log_path, error.log_offset) if error.log_path else ""
     text = text or str(error)
     regex = re.compile(pattern)
     return [line.strip() for line in text.splitlines() if regex.search(line) and not line.startswith("### llmperf")]

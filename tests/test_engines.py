@@ -262,3 +262,14 @@ def test_teardown_waits_for_gpu_memory_to_come_back(tmp_path: Path, monkeypatch:
     assert int(counter.read_text()) >= 4  # it polled until the memory was back
     counter.write_text("0")
     assert not wait_for_gpu_memory(1000, poll_s=0.01, timeout_s=0.0)  # bounded: gives up and says so
+
+
+def test_only_this_launchs_log_is_classified_and_matched(pytester: pytest.Pytester) -> None:
+    # the log file of a config collects every launch: an old run's error must not decide today's verdict
+    first = engine("foo", UNSUPPORTED, ["--fail-at-startup", "ValueError: Selected backend FOO is not valid here"])
+    run_suite(pytester, first, "--llmperf-log-dir", "logs").assert_outcomes(xfailed=1)
+    second = engine("foo", UNSUPPORTED, ["--fail-at-startup", "torch.OutOfMemoryError: CUDA out of memory"])
+    result = run_suite(pytester, second, "--llmperf-log-dir", "logs")
+    result.assert_outcomes(errors=1)
+    assert "[foo] out of memory: server exited" in result.stdout.str()
+    assert (pytester.path / "logs" / "foo.log").read_text().count("### llmperf: launching") == 2

@@ -76,11 +76,11 @@ def test_metrics_scrape_agrees_with_the_clients_count(tiny: Path, tmp_path: Path
         def watch() -> None:
             while not stop.is_set():
                 running.append(scrape(server.base_url)["vllm:num_requests_running"])
-                time.sleep(0.05)
+                time.sleep(0.02)
 
         watcher = threading.Thread(target=watch)
         watcher.start()
-        reqs = random_requests(LocalTokenizer(tiny), num_requests=24, input_len=32, output_len=24, seed=1)
+        reqs = random_requests(LocalTokenizer(tiny), num_requests=36, input_len=32, output_len=160, seed=1)
         result = run_benchmark_sync(
             BenchSettings(base_url=server.base_url, model="tiny", max_concurrency=6, ignore_eos=True), reqs
         )
@@ -89,7 +89,7 @@ def test_metrics_scrape_agrees_with_the_clients_count(tiny: Path, tmp_path: Path
         after = scrape(server.base_url)
     finally:
         server.stop()
-    assert result.metrics.completed == 24 and result.metrics.total_output == 24 * 24
+    assert result.metrics.completed == 36 and result.metrics.total_output == 36 * 160
     assert after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"] == result.metrics.total_output
     assert 0 < max(running) <= 6
     assert after["vllm:num_requests_running"] == 0

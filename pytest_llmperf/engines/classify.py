@@ -61,14 +61,16 @@ PATTERNS: list[tuple[Kind, re.Pattern[str]]] = (
 MAX_LOG_BYTES = 1 << 20
 
 
-def read_log(path: str | Path | None) -> str:
+def read_log(path: str | Path | None, offset: int = 0) -> str:
+    """The log from ``offset`` (where this launch began: a log file collects every launch of its
+    config) to the end, at most its last MiB."""
     if path is None:
         return ""
     try:
         with open(path, "rb") as f:
             f.seek(0, 2)
             size = f.tell()
-            f.seek(max(0, size - MAX_LOG_BYTES))
+            f.seek(max(offset, size - MAX_LOG_BYTES))
             return f.read().decode(errors="replace")
     except OSError:
         return ""

@@ -194,7 +194,7 @@ class ServerPool:
             try:
                 proc.start()
             except ServerStartupError:
-                log = read_log(log_path).lower()
+                log = read_log(log_path, proc.log_offset).lower()
                 if attempt < PORT_RETRIES and cfg.port is None and any(s in log for s in _ADDRESS_IN_USE):
                     with open(log_path, "ab") as f:
                         f.write(f"### llmperf: port {port} was taken; retrying on another\n".encode())

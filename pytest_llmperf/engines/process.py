@@ -102,6 +102,7 @@ class ServerProcess:
         self.gpu_indices = gpu_indices
         self.gpu_baseline_mib = gpu_baseline_mib  # GPU memory in use before launch, when nvidia-smi exists
         self.cwd = cwd  # relative paths in a config (a local model) are relative to the rootdir
+        self.log_offset = 0
 
     @property
     def config_id(self) -> str:
@@ -113,6 +114,7 @@ class ServerProcess:
         env.update(self.spec.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         with open(self.log_path, "ab") as log:
+            self.log_offset = log.tell()
             log.write(f"### llmperf: launching {self.spec.shell()}\n".encode())
             log.flush()
             try:
@@ -164,7 +166,7 @@ class ServerProcess:
             while True:
                 code = self.proc.poll()
                 if code is not None:
-                    kind, matched = classify(read_log(self.log_path))
+                    kind, matched = classify(read_log(self.log_path, self.log_offset))
                     raise kind(
                         f"[{self.config_id}] {kind.kind}: server exited with code {code} before it became ready "
                         f"(log: {self.log_path})",
@@ -172,6 +174,7 @@ class ServerProcess:
                         log_path=str(self.log_path),
                         log_tail=tail(self.log_path),
                         matched=matched,
+                        log_offset=self.log_offset,
                     )
                 if self._can_generate(client):
                     return
@@ -183,6 +186,7 @@ class ServerProcess:
                         config_id=self.config_id,
                         log_path=str(self.log_path),
                         log_tail=tail(self.log_path),
+                        log_offset=self.log_offset,
                     )
                 time.sleep(delay)
                 delay = min(delay * 1.5, 2.0)
@@ -202,6 +206,7 @@ class ServerProcess:
                 config_id=self.config_id,
                 log_path=str(self.log_path),
                 log_tail=tail(self.log_path),
+                log_offset=self.log_offset,
             )
         return r.status_code == 200
 
