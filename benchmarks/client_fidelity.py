@@ -27,23 +27,15 @@ import httpx
 
 from pytest_llmperf.config import EngineConfig, SimOptions
 from pytest_llmperf.engines import ServerProcess, free_port, render_launch
+from pytest_llmperf.engines.scrape import scrape_metrics
 from pytest_llmperf.loadgen import BenchSettings, random_requests, run_benchmark_sync
 from pytest_llmperf.tokenizer import SimTokenizer
-
-
-def scrape(base: str) -> dict[str, float]:
-    out = {}
-    for line in httpx.get(base + "/metrics").text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name.split("{")[0]] = float(value)
-    return out
 
 
 def one_run(server: ServerProcess, args: argparse.Namespace) -> dict[str, float]:
     reqs = random_requests(SimTokenizer(), num_requests=args.requests, input_len=32, output_len=args.tokens, seed=0)
     httpx.post(server.base_url + "/llmperf/reset_timing")
-    before = scrape(server.base_url)
+    before = scrape_metrics(server.base_url)
     settings = BenchSettings(
         base_url=server.base_url,
         model="llmperf-sim",
@@ -52,7 +44,7 @@ def one_run(server: ServerProcess, args: argparse.Namespace) -> dict[str, float]
         prewarm_connections=args.prewarm,
     )
     result = run_benchmark_sync(settings, reqs)
-    after = scrape(server.base_url)
+    after = scrape_metrics(server.base_url)
     m = result.metrics
     delivered = after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
     truth_tput = delivered / after["llmperf_sim:delivery_window_seconds"]

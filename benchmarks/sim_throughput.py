@@ -22,6 +22,7 @@ import httpx
 
 from pytest_llmperf.config import EngineConfig, SimOptions
 from pytest_llmperf.engines import ServerProcess, free_port, render_launch
+from pytest_llmperf.engines.scrape import scrape_metrics
 from pytest_llmperf.loadgen import BenchSettings, random_requests, run_benchmark_sync
 from pytest_llmperf.tokenizer import SimTokenizer
 
@@ -32,15 +33,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def scrape(base: str) -> dict[str, float]:
-    out = {}
-    for line in httpx.get(base + "/metrics").text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name.split("{")[0]] = float(value)
-    return out
 
 
 def main() -> int:
@@ -81,9 +73,9 @@ def main() -> int:
     try:
         for i in range(args.repeats):
             httpx.post(server.base_url + "/llmperf/reset_timing")
-            before, cpu0 = scrape(server.base_url), cpu_seconds(pid)
+            before, cpu0 = scrape_metrics(server.base_url), cpu_seconds(pid)
             result = run_benchmark_sync(settings, reqs)
-            after, cpu1 = scrape(server.base_url), cpu_seconds(pid)
+            after, cpu1 = scrape_metrics(server.base_url), cpu_seconds(pid)
             events = after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
             window = after["llmperf_sim:delivery_window_seconds"]
             row = {

@@ -34,7 +34,7 @@ from pytest_llmperf.errors import BaselineError, DatasetError, ServerError, Unsu
 from pytest_llmperf.gate import compare_samples, format_failure, overall_verdict
 from pytest_llmperf.hardware import hardware_key
 from pytest_llmperf.loadgen import BenchmarkResult, BenchSettings, SampleRequest, run_benchmark_sync
-from pytest_llmperf.loadgen.datasets import Tokenizer, random_requests, sharegpt_requests
+from pytest_llmperf.loadgen.datasets import Tokenizer, requests_for
 from pytest_llmperf.loadgen.results import result_json
 from pytest_llmperf.loadgen.tokenizers import load_tokenizer
 from pytest_llmperf.report import CALIBRATION_PROPERTY, RESULT_PROPERTY
@@ -123,32 +123,15 @@ class PerfBench:
         return load_tokenizer(None, base_url=self.server.base_url, model=self.server.model)
 
     def requests(self, workload: Workload) -> list[SampleRequest]:
-        tokenizer = self.tokenizer()
-        if workload.dataset == "random":
-            return random_requests(
-                tokenizer,
-                num_requests=workload.num_prompts,
-                input_len=workload.random_input_len,
-                output_len=workload.random_output_len,
-                range_ratio=workload.random_range_ratio,
-                prefix_len=workload.random_prefix_len,
-                seed=workload.seed,
-            )
         path = workload.dataset_path or self.state.sharegpt
         if path and not Path(path).is_absolute() and (self.state.rootdir / path).exists():
             path = str(self.state.rootdir / path)
-        if not path:
+        if workload.dataset == "sharegpt" and not path:
             pytest.skip(
                 f"[{self.case.id}] needs the ShareGPT dataset: download ShareGPT_V3_unfiltered_cleaned_split.json "
                 "and pass --llmperf-sharegpt PATH (or set LLMPERF_SHAREGPT)"
             )
-        return sharegpt_requests(
-            tokenizer,
-            path,
-            num_requests=workload.num_prompts,
-            seed=workload.seed,
-            output_len=workload.sharegpt_output_len,
-        )
+        return requests_for(self.tokenizer(), workload, path)
 
     def settings(self, workload: Workload) -> BenchSettings:
         return BenchSettings(

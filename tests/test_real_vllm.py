@@ -15,6 +15,7 @@ import pytest
 
 from pytest_llmperf.config import EngineConfig
 from pytest_llmperf.engines import ServerProcess, free_port, group_members, render_launch
+from pytest_llmperf.engines.scrape import scrape_metrics
 from pytest_llmperf.loadgen import BenchSettings, random_requests, run_benchmark_sync
 from pytest_llmperf.loadgen.tokenizers import LocalTokenizer
 from pytest_llmperf.tiny_model import write_tiny_model
@@ -47,15 +48,6 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", max_len=2048)
 
 
-def scrape(base: str) -> dict[str, float]:
-    out = {}
-    for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
-        if line.startswith("vllm:") and " " in line:
-            name, value = line.rsplit(" ", 1)
-            out[name.split("{")[0]] = out.get(name.split("{")[0], 0.0) + float(value)
-    return out
-
-
 def test_metrics_scrape_agrees_with_the_clients_count(tiny: Path, tmp_path: Path) -> None:
     cfg = config(tiny)
     port = free_port()
@@ -69,13 +61,13 @@ def test_metrics_scrape_agrees_with_the_clients_count(tiny: Path, tmp_path: Path
     server.start()
     try:
         assert httpx.get(server.base_url + "/version").json()["version"].startswith("0.")
-        before = scrape(server.base_url)
+        before = scrape_metrics(server.base_url)
         running: list[float] = []
         stop = threading.Event()
 
         def watch() -> None:
             while not stop.is_set():
-                running.append(scrape(server.base_url)["vllm:num_requests_running"])
+                running.append(scrape_metrics(server.base_url)["vllm:num_requests_running"])
                 time.sleep(0.02)
 
         watcher = threading.Thread(target=watch)
@@ -86,7 +78,7 @@ def test_metrics_scrape_agrees_with_the_clients_count(tiny: Path, tmp_path: Path
         )
         stop.set()
         watcher.join()
-        after = scrape(server.base_url)
+        after = scrape_metrics(server.base_url)
     finally:
         server.stop()
     assert result.metrics.completed == 36 and result.metrics.total_output == 36 * 160

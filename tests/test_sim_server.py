@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from pytest_llmperf.engines import ServerProcess
+from pytest_llmperf.engines.scrape import scrape_metrics
 
 
 def sse_messages(text: str) -> list[str]:
@@ -79,12 +80,7 @@ def test_tokenize_detokenize_round_trip(shared_sim: ServerProcess) -> None:
 
 def test_metrics_use_vllm_names_and_count_tokens(shared_sim: ServerProcess) -> None:
     def scrape() -> dict[str, float]:
-        out = {}
-        for line in httpx.get(shared_sim.base_url + "/metrics").text.splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                out[name.split("{")[0]] = float(value)
-        return out
+        return scrape_metrics(shared_sim.base_url)
 
     before = scrape()
     httpx.post(

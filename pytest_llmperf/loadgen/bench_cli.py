@@ -15,9 +15,11 @@ import sys
 from pathlib import Path
 
 import httpx
+from pydantic import ValidationError
 
+from pytest_llmperf.config import Workload
 from pytest_llmperf.errors import DatasetError
-from pytest_llmperf.loadgen.datasets import SampleRequest, Tokenizer, random_requests, sharegpt_requests
+from pytest_llmperf.loadgen.datasets import SampleRequest, Tokenizer, requests_for
 from pytest_llmperf.loadgen.results import default_result_filename, result_json
 from pytest_llmperf.loadgen.runner import BenchSettings, run_benchmark_sync
 from pytest_llmperf.loadgen.tokenizers import load_tokenizer
@@ -93,23 +95,27 @@ def _first_model(base_url: str) -> str:
 
 
 def build_requests(args: argparse.Namespace, tokenizer: Tokenizer) -> list[SampleRequest]:
-    if args.dataset_name == "random":
-        return random_requests(
-            tokenizer,
-            num_requests=args.num_prompts,
-            input_len=args.random_input_len,
-            output_len=args.random_output_len,
-            range_ratio=args.random_range_ratio,
-            prefix_len=args.random_prefix_len,
-            seed=args.seed,
-        )
-    if not args.dataset_path:
+    if args.dataset_name == "sharegpt" and not args.dataset_path:
         raise DatasetError(
             "--dataset-name sharegpt needs --dataset-path PATH (ShareGPT_V3_unfiltered_cleaned_split.json)"
         )
-    return sharegpt_requests(
-        tokenizer, args.dataset_path, num_requests=args.num_prompts, seed=args.seed, output_len=args.sharegpt_output_len
-    )
+    try:
+        workload = Workload(
+            id="bench",
+            dataset=args.dataset_name,
+            dataset_path=args.dataset_path,
+            num_prompts=args.num_prompts,
+            random_input_len=args.random_input_len,
+            random_output_len=args.random_output_len,
+            random_range_ratio=args.random_range_ratio,
+            random_prefix_len=args.random_prefix_len,
+            seed=args.seed,
+            sharegpt_output_len=args.sharegpt_output_len,
+        )
+    except ValidationError as exc:
+        fields = "; ".join(f"--{'-'.join(str(e['loc'][0]).split('_'))}: {e['msg']}" for e in exc.errors())
+        raise DatasetError(fields) from None
+    return requests_for(tokenizer, workload)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,10 @@ from typing import Protocol
 
 import numpy as np
 
+from pytest_llmperf.config import Workload
 from pytest_llmperf.errors import DatasetError
 
-__all__ = ["SampleRequest", "Tokenizer", "random_requests", "sharegpt_requests"]
+__all__ = ["SampleRequest", "Tokenizer", "random_requests", "requests_for", "sharegpt_requests"]
 
 
 class Tokenizer(Protocol):
@@ -134,3 +135,27 @@ def sharegpt_requests(
     while len(out) < num_requests:  # oversample, as vLLM does
         out.append(rnd.choice(out))
     return out
+
+
+def requests_for(
+    tokenizer: Tokenizer, workload: Workload, dataset_path: str | Path | None = None
+) -> list[SampleRequest]:
+    """The requests of a workload: its ``random`` draw, or its ShareGPT sample from ``dataset_path``."""
+    if workload.dataset == "random":
+        return random_requests(
+            tokenizer,
+            num_requests=workload.num_prompts,
+            input_len=workload.random_input_len,
+            output_len=workload.random_output_len,
+            range_ratio=workload.random_range_ratio,
+            prefix_len=workload.random_prefix_len,
+            seed=workload.seed,
+        )
+    path = dataset_path or workload.dataset_path
+    if not path:
+        raise DatasetError(
+            f"workload {workload.id!r} needs the ShareGPT dataset (ShareGPT_V3_unfiltered_cleaned_split.json)"
+        )
+    return sharegpt_requests(
+        tokenizer, path, num_requests=workload.num_prompts, seed=workload.seed, output_len=workload.sharegpt_output_len
+    )
