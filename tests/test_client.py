@@ -116,7 +116,8 @@ def test_server_faults_become_failed_requests_with_their_error(start_sim, fault:
 
 
 def test_stalled_stream_is_caught_by_the_stall_timeout(start_sim) -> None:
-    server = start_sim("--stall-after", "1", profile="deterministic", ttft_ms=5, itl_ms=5)  # probe is request 1
+    # the readiness probe and the two warm-up requests are requests 1 to 3
+    server = start_sim("--stall-after", "3", profile="deterministic", ttft_ms=5, itl_ms=5)
     settings = BenchSettings(base_url=server.base_url, model="llmperf-sim", stall_timeout_s=0.5)
     t0 = time.perf_counter()
     result = run_benchmark_sync(settings, requests(3, 8))

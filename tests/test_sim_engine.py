@@ -152,7 +152,7 @@ def test_deterministic_profile_keeps_every_token_on_schedule_at_1000_streams(sta
     cpus = sorted(os.sched_getaffinity(0))
     server = start_sim(profile="deterministic", ttft_ms=50, itl_ms=50, pin_cpu=cpus[0] if len(cpus) > 1 else None)
     httpx.post(server.base_url + "/llmperf/reset_timing")
-    reqs = random_requests(SimTokenizer(), num_requests=1000, input_len=8, output_len=40, seed=0)
+    reqs = random_requests(SimTokenizer(), num_requests=1000, input_len=8, output_len=100, seed=0)
     settings = BenchSettings(base_url=server.base_url, model="llmperf-sim", ignore_eos=True, prewarm_connections=True)
     if len(cpus) > 1:  # the client on the other core(s), as in benchmarks/sim_throughput.py
         os.sched_setaffinity(0, cpus[1:])
@@ -165,6 +165,6 @@ def test_deterministic_profile_keeps_every_token_on_schedule_at_1000_streams(sta
     for line in httpx.get(server.base_url + "/metrics").text.splitlines():
         if line.startswith("llmperf_sim:"):
             metrics[line.split("{")[0]] = float(line.split()[-1])
-    assert metrics["llmperf_sim:tokens_scheduled"] == 40_000
+    assert metrics["llmperf_sim:tokens_scheduled"] == 100_000
     assert metrics["llmperf_sim:late_tokens"] == 0, metrics  # server-side: every token within 5 ms of schedule
     assert metrics["llmperf_sim:max_lateness_seconds"] < 0.005

@@ -32,6 +32,7 @@ TERM_GRACE_S = 15.0
 KILL_WAIT_S = 10.0
 LOG_TAIL_LINES = 40
 WARMUP_REQUESTS = 2
+WARMUP_TIMEOUT_S = 60.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -151,7 +152,7 @@ class ServerProcess:
     def _warm_up(self, requests: int = WARMUP_REQUESTS) -> None:
         """A few short generations after readiness (first-request compilation, caches); results discarded."""
         body: dict[str, Any] = {"model": self.model, "prompt": "warm up the server", "max_tokens": 8}
-        with httpx.Client(timeout=120.0, trust_env=False) as client:
+        with httpx.Client(timeout=WARMUP_TIMEOUT_S, trust_env=False) as client:
             for _ in range(requests):
                 try:
                     client.post(self.base_url + "/v1/completions", json=body)
