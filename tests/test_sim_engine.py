@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import statistics
 
@@ -153,7 +154,16 @@ def test_deterministic_profile_keeps_every_token_on_schedule_at_1000_streams(sta
     server = start_sim(profile="deterministic", ttft_ms=50, itl_ms=50, pin_cpu=cpus[0] if len(cpus) > 1 else None)
     httpx.post(server.base_url + "/llmperf/reset_timing")
     reqs = random_requests(SimTokenizer(), num_requests=1000, input_len=8, output_len=100, seed=0)
-    settings = BenchSettings(base_url=server.base_url, model="llmperf-sim", ignore_eos=True, prewarm_connections=True)
+    # 1000 concurrent streams whose arrivals are spread evenly over one inter-token interval, so that the
+    # schedule asks for a steady 20,000 tokens/s rather than 1000 writes due in the same millisecond
+    settings = BenchSettings(
+        base_url=server.base_url,
+        model="llmperf-sim",
+        ignore_eos=True,
+        prewarm_connections=True,
+        request_rate=20_000.0,
+        burstiness=math.inf,
+    )
     if len(cpus) > 1:  # the client on the other core(s), as in benchmarks/sim_throughput.py
         os.sched_setaffinity(0, cpus[1:])
     try:
@@ -161,6 +171,7 @@ def test_deterministic_profile_keeps_every_token_on_schedule_at_1000_streams(sta
     finally:
         os.sched_setaffinity(0, cpus)
     assert result.metrics.completed == 1000
+    assert result.metrics.max_concurrent_requests == 1000
     metrics = {}
     for line in httpx.get(server.base_url + "/metrics").text.splitlines():
         if line.startswith("llmperf_sim:"):
