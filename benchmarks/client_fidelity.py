@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import httpx
+from _common import print_summary, start_pinned_sim
 
 from pytest_llmperf.config import EngineConfig, SimOptions
-from pytest_llmperf.engines import ServerProcess, free_port, render_launch
+from pytest_llmperf.engines import ServerProcess
 from pytest_llmperf.engines.scrape import scrape_metrics
 from pytest_llmperf.loadgen import BenchSettings, random_requests, run_benchmark_sync
 from pytest_llmperf.tokenizer import SimTokenizer
@@ -120,7 +119,6 @@ def main() -> int:
         help="start with a cold connection pool, as vllm bench serve does",
     )
     args = ap.parse_args()
-    cpus = sorted(os.sched_getaffinity(0))
     cfg = EngineConfig(
         id="fidelity",
         engine="sim",
@@ -128,16 +126,7 @@ def main() -> int:
         max_model_len=4096,
         sim=SimOptions(profile="deterministic", ttft_ms=50, itl_ms=50),
     )
-    port = free_port()
-    spec = render_launch(cfg, port=port)
-    if len(cpus) >= 2:  # server on the first core, client on the others
-        spec = type(spec)(spec.config_id, ("taskset", "-c", str(cpus[0]), *spec.argv), spec.env)
-        os.sched_setaffinity(0, cpus[1:])
-    log = Path(tempfile.mkdtemp()) / "sim.log"
-    server = ServerProcess(
-        spec, base_url=f"http://127.0.0.1:{port}", model="llmperf-sim", log_path=log, startup_timeout_s=30
-    )
-    server.start()
+    server, _ = start_pinned_sim(cfg)
     rows = []
     try:
         for i in range(args.repeats):
@@ -153,10 +142,7 @@ def main() -> int:
         f"\n{args.requests} streams x {args.tokens} tokens, TTFT=ITL=50 ms, {args.repeats} runs "
         f"(client workers: {args.client_workers}; python {sys.version.split()[0]})"
     )
-    print(f"{'metric':<26}{'mean':>12}{'min':>12}{'max':>12}")
-    for key in rows[0]:
-        values = [r[key] for r in rows]
-        print(f"{key:<26}{statistics.fmean(values):>12.2f}{min(values):>12.2f}{max(values):>12.2f}")
+    print_summary(rows)
     return 0
 
 

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import tempfile
-from pathlib import Path
 
 import httpx
+from _common import print_summary, start_pinned_sim
 
 from pytest_llmperf.config import EngineConfig, SimOptions
-from pytest_llmperf.engines import ServerProcess, free_port, render_launch
 from pytest_llmperf.engines.scrape import scrape_metrics
 from pytest_llmperf.loadgen import BenchSettings, random_requests, run_benchmark_sync
 from pytest_llmperf.tokenizer import SimTokenizer
@@ -43,7 +40,6 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     itl_ms = 1000.0 * args.streams / args.target
-    cpus = sorted(os.sched_getaffinity(0))
     cfg = EngineConfig(
         id="throughput",
         engine="sim",
@@ -51,19 +47,7 @@ def main() -> int:
         max_model_len=4096,
         sim=SimOptions(profile="deterministic", ttft_ms=itl_ms, itl_ms=itl_ms),
     )
-    port = free_port()
-    spec = render_launch(cfg, port=port)
-    if len(cpus) >= 2:
-        spec = type(spec)(spec.config_id, ("taskset", "-c", str(cpus[0]), *spec.argv), spec.env)
-        os.sched_setaffinity(0, cpus[1:])
-    server = ServerProcess(
-        spec,
-        base_url=f"http://127.0.0.1:{port}",
-        model="llmperf-sim",
-        log_path=Path(tempfile.mkdtemp()) / "sim.log",
-        startup_timeout_s=30,
-    )
-    server.start()
+    server, cpus = start_pinned_sim(cfg)
     assert server.proc is not None
     # taskset execs the simulator in place, so the server's pid is the launched process's pid
     pid = server.proc.pid
@@ -96,10 +80,7 @@ def main() -> int:
         f"\n{args.streams} streams x {args.tokens} tokens, ITL {itl_ms:.1f} ms (asks {args.target:.0f} events/s), "
         f"{args.repeats} runs; server pinned to cpu {cpus[0]}"
     )
-    print(f"{'metric':<34}{'mean':>12}{'min':>12}{'max':>12}")
-    for key in rows[0]:
-        values = [r[key] for r in rows]
-        print(f"{key:<34}{statistics.fmean(values):>12.1f}{min(values):>12.1f}{max(values):>12.1f}")
+    print_summary(rows, width=34)
     return 0
 
 
