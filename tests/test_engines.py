@@ -8,20 +8,11 @@ import stat
 from pathlib import Path
 
 import pytest
+from suite_files import PERF_TEST
 
 from pytest_llmperf.engines.classify import classify
 from pytest_llmperf.errors import ServerCrashError, ServerOutOfMemoryError, ServerStartupError, UnsupportedConfigError
 from pytest_llmperf.hardware import detect_gpus, gpu_slice, hardware_key, missing_hardware
-
-TEST = """
-import pytest
-
-pytestmark = pytest.mark.llmperf_matrix("matrix.toml")
-
-
-def test_serving(llmperf_bench, llmperf_gate):
-    llmperf_gate.check(llmperf_bench.run())
-"""
 
 WORKLOAD = """
 [[workloads]]
@@ -53,7 +44,7 @@ UNSUPPORTED = (
 
 def run_suite(pytester: pytest.Pytester, matrix: str, *args: str) -> pytest.RunResult:
     pytester.makefile(".toml", matrix=matrix + WORKLOAD)
-    pytester.makepyfile(test_perf=TEST)
+    pytester.makepyfile(test_perf=PERF_TEST)
     return pytester.runpytest("--llmperf-repeats", "1", "--llmperf-update-baselines", "-rxs", *args)
 
 
@@ -170,7 +161,7 @@ def test_h200_suite_skips_without_the_hardware_and_runs_with_it_detected(
 ) -> None:
     matrix = engine("gpu-config") + "\n"
     pytester.makefile(".toml", matrix=matrix.replace('engine = "sim"', 'engine = "sim"\nmarkers = ["h200"]') + WORKLOAD)
-    pytester.makepyfile(test_perf=TEST)
+    pytester.makepyfile(test_perf=PERF_TEST)
     env_path = os.environ["PATH"]
     bare = pytester.runpytest("-m", "h200", "-rs")
     assert bare.ret == 0
@@ -187,7 +178,7 @@ def test_h200_suite_skips_without_the_hardware_and_runs_with_it_detected(
 def test_xdist_runs_each_config_server_once(pytester: pytest.Pytester) -> None:
     matrix = engine("a") + engine("b") + engine("c")
     pytester.makefile(".toml", matrix=matrix + WORKLOAD + WORKLOAD.replace('id = "w"', 'id = "w2"'))
-    pytester.makepyfile(test_perf=TEST)
+    pytester.makepyfile(test_perf=PERF_TEST)
     result = pytester.runpytest(
         "-n", "2", "--llmperf-repeats", "1", "--llmperf-update-baselines", "--llmperf-log-dir", "logs"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from suite_files import PERF_TEST
 
 MATRIX = """
 [[engines]]
@@ -22,16 +23,6 @@ random_output_len = 20
 num_prompts = 12
 max_concurrency = 4
 stall_timeout_s = 1.0
-"""
-
-TEST = """
-import pytest
-
-pytestmark = pytest.mark.llmperf_matrix("matrix.toml")
-
-
-def test_serving(llmperf_bench, llmperf_gate):
-    llmperf_gate.check(llmperf_bench.run())
 """
 
 
@@ -101,7 +92,7 @@ def test_fault_is_reported_with_what_the_user_needs(
 ) -> None:
     arg_list = "[" + ", ".join(f'"{a}"' for a in args) + "]"
     pytester.makefile(".toml", matrix=MATRIX.format(timeout=timeout, args=arg_list))
-    pytester.makepyfile(test_perf=TEST)
+    pytester.makepyfile(test_perf=PERF_TEST)
     t0 = time.monotonic()
     result = pytester.runpytest("--llmperf-update-baselines", "--llmperf-repeats", "1")
     assert time.monotonic() - t0 < 40

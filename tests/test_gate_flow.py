@@ -8,16 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-TEST = """
-import pytest
-
-pytestmark = pytest.mark.llmperf_matrix("matrix.toml")
-
-
-def test_serving(llmperf_bench, llmperf_gate):
-    llmperf_gate.check(llmperf_bench.run())
-"""
+from suite_files import PERF_TEST
 
 MATRIX = """
 [[engines]]
@@ -37,7 +28,7 @@ max_concurrency = 8
 
 def suite(pytester: pytest.Pytester, jitter: float = 0.0, seed: int = 0) -> None:
     pytester.makefile(".toml", matrix=MATRIX.format(jitter=jitter, seed=seed))
-    pytester.makepyfile(test_perf=TEST)
+    pytester.makepyfile(test_perf=PERF_TEST)
 
 
 def verdicts(result: pytest.RunResult) -> dict[str, str]:
@@ -113,7 +104,7 @@ def test_xdist_workers_write_baselines_in_one_run_without_loss(pytester: pytest.
         + '[[workloads]]\nid = "w"\nrandom_input_len = 8\nrandom_output_len = 10\nnum_prompts = 8\n'
     )
     pytester.makefile(".toml", matrix=matrix)
-    pytester.makepyfile(test_perf=TEST)
+    pytester.makepyfile(test_perf=PERF_TEST)
     result = pytester.runpytest("-n", "2", "--llmperf-update-baselines", "--llmperf-repeats", "2")
     result.assert_outcomes(passed=4)
     files = sorted((pytester.path / "baselines").rglob("*.json"))

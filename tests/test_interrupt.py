@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from suite_files import PERF_TEST
 
 from pytest_llmperf.engines import group_members
 
@@ -26,16 +27,6 @@ id = "long"
 random_input_len = 8
 random_output_len = 300
 num_prompts = 4
-"""
-
-TEST = """
-import pytest
-
-pytestmark = pytest.mark.llmperf_matrix("matrix.toml")
-
-
-def test_serving(llmperf_bench, llmperf_gate):
-    llmperf_gate.check(llmperf_bench.run())
 """
 
 
@@ -59,7 +50,7 @@ def wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_signal_during_a_run_leaves_no_server_process(pytester: pytest.Pytester, sig: signal.Signals) -> None:
     pytester.makefile(".toml", matrix=MATRIX)
-    pytester.makepyfile(test_perf=TEST)
+    pytester.makepyfile(test_perf=PERF_TEST)
     log = Path(pytester.path) / "logs" / "forking.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--llmperf-log-dir", "logs", "-q"],

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from suite_files import PERF_TEST
 
 MATRIX = """
 [defaults]
@@ -35,21 +36,11 @@ num_prompts = 4
 seed = 1
 """
 
-TEST = """
-import pytest
-
-pytestmark = pytest.mark.llmperf_matrix("matrix.toml")
-
-
-def test_serving(llmperf_bench, llmperf_gate):
-    llmperf_gate.check(llmperf_bench.run())
-"""
-
 
 @pytest.fixture
 def suite(pytester: pytest.Pytester) -> pytest.Pytester:
     pytester.makefile(".toml", matrix=MATRIX.format(extra_engine=""))
-    pytester.makepyfile(test_perf=TEST)
+    pytester.makepyfile(test_perf=PERF_TEST)
     pytester.makeini("[pytest]\nllmperf_repeats = 2\n")
     return pytester
 
@@ -99,7 +90,7 @@ def test_bad_matrix_fails_collection_naming_file_entry_and_field(pytester: pytes
             "num_prompts = 4\nseed = 1\n\n", "num_prompt = 4\nseed = 1\n\n", 1
         ),
     )
-    pytester.makepyfile(test_perf=TEST)
+    pytester.makepyfile(test_perf=PERF_TEST)
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.INTERRUPTED
     has_lines(
@@ -238,7 +229,7 @@ model = "llmperf-sim"
 extra_args = ["--fail-at-startup", "RuntimeError: CUDA out of memory"]
 """
     pytester.makefile(".toml", matrix=MATRIX.format(extra_engine=broken))
-    pytester.makepyfile(test_perf=TEST)
+    pytester.makepyfile(test_perf=PERF_TEST)
     pytester.makeini("[pytest]\nllmperf_repeats = 1\n")
     result = pytester.runpytest("--llmperf-update-baselines", "--llmperf-log-dir", "logs")
     result.assert_outcomes(passed=2, errors=2)
@@ -260,7 +251,9 @@ model = "llmperf-sim"
 sim = { profile = "deterministic", ttft_ms = 10, itl_ms = 5 }
 """
     pytester.makefile(".toml", matrix=MATRIX.format(extra_engine=second))
-    pytester.makepyfile(test_perf=TEST + "\n\ndef test_other(llmperf_server):\n    assert llmperf_server.version\n")
+    pytester.makepyfile(
+        test_perf=PERF_TEST + "\n\ndef test_other(llmperf_server):\n    assert llmperf_server.version\n"
+    )
     pytester.makeini("[pytest]\nllmperf_repeats = 1\n")
     result = pytester.runpytest("--llmperf-update-baselines", "--llmperf-log-dir", "logs", "-v")
     result.assert_outcomes(passed=8)  # 2 tests x 2 configs x 2 workloads

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from suite_files import PERF_TEST
 
 from pytest_llmperf.config import EngineConfig
 from pytest_llmperf.engines import ServerProcess, free_port, group_members, render_launch
@@ -112,16 +113,6 @@ random_output_len = 8
 num_prompts = 4
 """
 
-TEST = """
-import pytest
-
-pytestmark = pytest.mark.llmperf_matrix("matrix.toml")
-
-
-def test_serving(llmperf_bench, llmperf_gate):
-    llmperf_gate.check(llmperf_bench.run())
-"""
-
 
 def matrix(model: Path, unsupported: str) -> str:
 
@@ -134,7 +125,7 @@ def test_a_real_unsupported_configuration_is_a_strict_expected_failure(
     head16 = write_tiny_model(tmp_path / "tiny-head16", head_dim=16)
     declared = 'unsupported = { match = "Unsupported CPU attention configuration", reason = "no head size 16" }'
     pytester.makefile(".toml", matrix=matrix(head16, declared))
-    pytester.makepyfile(test_perf=TEST)
+    pytester.makepyfile(test_perf=PERF_TEST)
     result = pytester.runpytest("-rx", "--llmperf-repeats", "1")
     result.assert_outcomes(xfailed=1)
     out = result.stdout.str()
@@ -154,7 +145,7 @@ def test_sigint_of_pytest_leaves_no_vllm_process(pytester: pytest.Pytester, tiny
         .replace("num_prompts = 4", "num_prompts = 200")
         .replace("random_output_len = 8", "random_output_len = 200"),
     )
-    pytester.makepyfile(test_perf=TEST)
+    pytester.makepyfile(test_perf=PERF_TEST)
     log = Path(pytester.path) / "logs" / "head16.log"
     proc = subprocess.Popen(
         [

@@ -11,18 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from suite_files import PERF_TEST
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TEST = """
-import pytest
-
-pytestmark = pytest.mark.llmperf_matrix("matrix.toml")
-
-
-def test_serving(llmperf_bench, llmperf_gate):
-    llmperf_gate.check(llmperf_bench.run())
-"""
 
 MATRIX = """
 [[engines]]
@@ -53,7 +45,7 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
 
 def test_report_dir_files_markdown_step_summary_and_junit(pytester: pytest.Pytester, tmp_path: Path) -> None:
     pytester.makefile(".toml", matrix=MATRIX.format(slowdown=1.0))
-    pytester.makepyfile(test_perf=TEST)
+    pytester.makepyfile(test_perf=PERF_TEST)
     pytester.runpytest("--llmperf-update-baselines", "--llmperf-repeats", "2").assert_outcomes(passed=2)
     pytester.makefile(".toml", matrix=MATRIX.format(slowdown=1.3))  # one config regresses by 30%
     step_summary = tmp_path / "step-summary.md"
@@ -176,7 +168,7 @@ def test_nightly_workflow_is_valid_and_calls_only_existing_commands() -> None:
 
 def test_progress_lines_while_running_and_quiet_under_q(pytester: pytest.Pytester) -> None:
     pytester.makefile(".toml", matrix=MATRIX.format(slowdown=1.0))
-    pytester.makepyfile(test_perf=TEST)
+    pytester.makepyfile(test_perf=PERF_TEST)
     loud = pytester.runpytest("--llmperf-update-baselines", "--llmperf-repeats", "1", "-k", "steady")
     assert "[steady-w run 1] 8/8 requests, " in loud.stdout.str() and "output tok/s" in loud.stdout.str()
     quiet = pytester.runpytest("--llmperf-repeats", "1", "-k", "steady", "-q")

@@ -8,18 +8,9 @@ import sys
 from collections import Counter
 
 import pytest
+from suite_files import PERF_TEST
 
 from pytest_llmperf.sharding import parse_shard, shard_of
-
-TEST = """
-import pytest
-
-pytestmark = pytest.mark.llmperf_matrix("matrix.toml")
-
-
-def test_serving(llmperf_bench, llmperf_gate):
-    llmperf_gate.check(llmperf_bench.run())
-"""
 
 
 def matrix(n_configs: int) -> str:
@@ -53,7 +44,7 @@ def test_adding_a_configuration_moves_no_other_one() -> None:
 
 def test_three_shards_cover_every_test_once_and_merge_to_the_unsharded_verdicts(pytester: pytest.Pytester) -> None:
     pytester.makefile(".toml", matrix=matrix(5))
-    pytester.makepyfile(test_perf=TEST)
+    pytester.makepyfile(test_perf=PERF_TEST)
     pytester.runpytest("--llmperf-update-baselines", "--llmperf-repeats", "2").assert_outcomes(passed=10)
     whole = pytester.runpytest("--llmperf-repeats", "2", "--llmperf-report-dir", "whole")
     whole.assert_outcomes(passed=10)
@@ -105,7 +96,7 @@ def test_three_shards_cover_every_test_once_and_merge_to_the_unsharded_verdicts(
 
 def test_bad_shard_option_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makefile(".toml", matrix=matrix(1))
-    pytester.makepyfile(test_perf=TEST)
+    pytester.makepyfile(test_perf=PERF_TEST)
     result = pytester.runpytest("--llmperf-shard", "3/2")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "K must be between 1 and N" in result.stderr.str()
