@@ -70,12 +70,20 @@ def _report(args: list[str]) -> int:
 
 
 def _tiny_model(args: list[str]) -> int:
-    if len(args) != 1 or args[0].startswith("-"):
-        print("usage: llmperf tiny-model DIR", file=sys.stderr)
-        return 2
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="llmperf tiny-model",
+        description="write a small Llama config and a locally trained tokenizer (a real vLLM on CPU, no hub)",
+    )
+    ap.add_argument("dir")
+    ap.add_argument("--heads", type=int, default=2, help="attention heads (hidden size = heads x head size)")
+    ap.add_argument("--head-dim", type=int, default=64, help="head size (vLLM's CPU attention rejects 16)")
+    ap.add_argument("--layers", type=int, default=2, help="decoder layers")
+    ns = ap.parse_args(args)
     from pytest_llmperf.tiny_model import write_tiny_model
 
-    path = write_tiny_model(args[0])
+    path = write_tiny_model(ns.dir, num_heads=ns.heads, head_dim=ns.head_dim, num_layers=ns.layers)
     print(f"wrote a tiny Llama config and a locally trained tokenizer to {path}")
     return 0
 

@@ -18,6 +18,7 @@ __all__ = [
     "REQUIREMENTS",
     "Gpu",
     "Requirement",
+    "cpu_isa",
     "detect_gpus",
     "gpu_memory_used_mib",
     "gpu_slice",
@@ -111,10 +112,34 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# the vector extensions a CPU engine's kernels pick from, newest last: a virtual machine often hides the
+# model name ("Intel Xeon Processor"), and these tell its generation apart
+ISA_LEVELS = (("avx2", "avx2"), ("avx512f", "avx512"), ("avx512_bf16", "avx512-bf16"), ("amx_tile", "amx"))
+
+
+def cpu_isa(cpuinfo_flags: str | None = None) -> str:
+    """The newest vector extension this CPU has, from ``/proc/cpuinfo`` ("amx", "avx512-bf16", "avx512",
+    "avx2", or "baseline"); "unknown" where the flags cannot be read."""
+    if cpuinfo_flags is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo_flags = next((line.split(":", 1)[1] for line in f if line.startswith("flags")), None)
+        except OSError:
+            cpuinfo_flags = None
+        if cpuinfo_flags is None:
+            return "unknown"
+    flags = set(cpuinfo_flags.split())
+    level = "baseline"
+    for flag, name in ISA_LEVELS:
+        if flag in flags:
+            level = name
+    return level
+
+
 def hardware_key(gpus: list[Gpu] | None) -> dict[str, Any]:
     """The hardware a result was measured on (compared before any metric): GPUs, driver, and the CPU class
-    (which is what a CPU-only engine's results depend on)."""
-    key: dict[str, Any] = {"kind": "host", "cpu": f"{os.cpu_count()}x {cpu_model()}"}
+    (model, count and vector extensions: what a CPU-only engine's results depend on)."""
+    key: dict[str, Any] = {"kind": "host", "cpu": f"{os.cpu_count()}x {cpu_model()}", "cpu_isa": cpu_isa()}
     if not gpus:
         key["gpus"] = "none"
         return key

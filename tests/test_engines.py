@@ -12,7 +12,7 @@ from suite_files import PERF_TEST
 
 from pytest_llmperf.engines.classify import classify
 from pytest_llmperf.errors import ServerCrashError, ServerOutOfMemoryError, ServerStartupError, UnsupportedConfigError
-from pytest_llmperf.hardware import detect_gpus, gpu_slice, hardware_key, missing_hardware
+from pytest_llmperf.hardware import cpu_isa, detect_gpus, gpu_slice, hardware_key, missing_hardware
 
 WORKLOAD = """
 [[workloads]]
@@ -139,11 +139,20 @@ def test_gpu_detection_from_recorded_nvidia_smi(tmp_path: Path, monkeypatch: pyt
     assert missing_hardware("h200", gpus) is None
     key = hardware_key(gpus)
     assert key["gpus"] == "8x NVIDIA H200" and key["driver"] == "570.86.15" and key["kind"] == "host"
-    assert key["cpu"]  # the CPU class is part of the key too
+    assert key["cpu"] and key["cpu_isa"]  # the CPU class is part of the key too
     assert gpu_slice("gw1", 4, 2, gpus) == [2, 3]
     assert gpu_slice(None, 1, 8, gpus) is None
     with pytest.raises(ValueError, match="run with at most -n 1"):
         gpu_slice("gw1", 2, 8, gpus)
+
+
+def test_cpu_isa_names_the_newest_vector_extension() -> None:
+    # recorded /proc/cpuinfo flag lines: a Sapphire Rapids VM, a Skylake server, an AVX2-only desktop
+    spr = "fpu sse2 avx avx2 avx512f avx512dq avx512_bf16 avx512_vnni amx_bf16 amx_tile amx_int8"
+    assert cpu_isa(spr) == "amx"
+    assert cpu_isa("fpu sse2 avx avx2 avx512f avx512dq avx512cd avx512bw") == "avx512"
+    assert cpu_isa("fpu sse2 avx avx2 fma") == "avx2"
+    assert cpu_isa("fpu sse2") == "baseline"
 
 
 def test_missing_hardware_names_what_is_needed_and_what_was_found(
