@@ -3,8 +3,7 @@
 A matrix file is TOML::
 
     [defaults]
-    markers = ["sim"]          # markers applied to every test of this matrix
-    hardware = "any"
+    markers = ["sim"]          # markers applied to every test of this matrix (h200: needs an 8xH200 node)
 
     [gate.tolerance]           # relative tolerance per metric (optional)
     output_throughput = 0.05
@@ -239,7 +238,6 @@ class Workload(_Strict):
 
 class MatrixDefaults(_Strict):
     markers: tuple[str, ...] = ()
-    hardware: str = "any"
 
 
 class GateSettings(_Strict):
