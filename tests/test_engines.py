@@ -273,3 +273,21 @@ def test_only_this_launchs_log_is_classified_and_matched(pytester: pytest.Pytest
     result.assert_outcomes(errors=1)
     assert "[foo] out of memory: server exited" in result.stdout.str()
     assert (pytester.path / "logs" / "foo.log").read_text().count("### llmperf: launching") == 2
+
+
+def test_tiny_model_command_writes_a_llama_vllm_can_load_without_a_hub(tmp_path: Path) -> None:
+    pytest.importorskip("tokenizers")
+    from tokenizers import Tokenizer
+
+    from pytest_llmperf.cli import main
+
+    assert main(["tiny-model", str(tmp_path / "m"), "--heads", "8", "--layers", "4"]) == 0
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert (config["hidden_size"], config["num_attention_heads"], config["head_dim"]) == (512, 8, 64)
+    assert config["num_hidden_layers"] == 4
+    tok = Tokenizer.from_file(str(tmp_path / "m" / "tokenizer.json"))
+    assert tok.get_vocab_size() == config["vocab_size"] and tok.token_to_id("</s>") == config["eos_token_id"]
+    assert "chat_template" in json.loads((tmp_path / "m" / "tokenizer_config.json").read_text())
+    with pytest.raises(SystemExit):  # argparse: a missing DIR is a usage error
+        main(["tiny-model"])
