@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from suite_files import PERF_TEST
+from suite_files import PERF_TEST, pid_alive
 
 from pytest_llmperf.engines import group_members
 
@@ -28,14 +28,6 @@ random_input_len = 8
 random_output_len = 300
 num_prompts = 4
 """
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]

@@ -6,17 +6,10 @@ import re
 import time
 
 import pytest
+from suite_files import pid_alive
 
 from pytest_llmperf.engines import group_members
 from pytest_llmperf.errors import ServerStartupError, ServerTimeoutError, UnsupportedConfigError
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_stop_kills_the_whole_group_children_included(start_sim) -> None:
