@@ -177,8 +177,10 @@ def test_deterministic_profile_keeps_every_token_on_schedule_at_1000_streams(sta
         if line.startswith("llmperf_sim:"):
             metrics[line.split("{")[0]] = float(line.split()[-1])
     assert metrics["llmperf_sim:tokens_scheduled"] == 100_000
-    # server-side timestamps: each token's write time against its schedule. benchmarks/sim_throughput.py
-    # (simulator pinned, nothing else running) measures every token within 5 ms; here, inside a test session
-    # on a shared 2-core machine, a scheduler hiccup is allowed to push at most 0.1% of tokens up to 10 ms.
-    assert metrics["llmperf_sim:late_tokens"] <= 100, metrics
-    assert metrics["llmperf_sim:max_lateness_seconds"] < 0.010, metrics
+    # server-side timestamps: each token's write time against its schedule. The strict bound (every token
+    # within 5 ms) is what benchmarks/sim_throughput.py measures with the simulator pinned and nothing else
+    # running. A shared runner pauses processes for a few ms now and then, and one 6 ms pause at 20,000
+    # tokens/s makes ~120 tokens late at once, so this test bounds what a simulator that cannot keep up would
+    # show instead: its backlog grows through the 5 s run (lateness of 100s of ms, most tokens late).
+    assert metrics["llmperf_sim:late_tokens"] <= 1000, metrics  # 1% of the tokens
+    assert metrics["llmperf_sim:max_lateness_seconds"] < 0.025, metrics
