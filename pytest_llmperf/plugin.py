@@ -247,17 +247,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = [items[i] for i in order]
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_finish(session: pytest.Session) -> None:
+    # tryfirst: an xdist worker must publish which config each test belongs to before xdist's own hook tells
+    # the controller that collection is done (the controller reads the map when it schedules)
+    groups_file = getattr(session.config, "workerinput", {}).get("llmperf_groups_file")
+    if groups_file:
+        groups = {item.nodeid: case.engine.id for item in session.items if (case := _case(item))}
+        write_groups(Path(groups_file), groups)
     state = session.config.stash[session_key]
     if state.shard is not None and state.reporter is not None:
         configs = sorted({case.engine.id for item in session.items if (case := _case(item))})
         state.reporter.write_line(
             f"llmperf: shard {state.shard} runs {len(configs)} engine config(s): {', '.join(configs) or '-'}"
         )
-    groups_file = getattr(session.config, "workerinput", {}).get("llmperf_groups_file")
-    if groups_file:  # an xdist worker: publish which config each test belongs to
-        groups = {item.nodeid: case.engine.id for item in session.items if (case := _case(item))}
-        write_groups(Path(groups_file), groups)
     target = session.config.getoption("llmperf_expected_baselines")
     if not target:
         return

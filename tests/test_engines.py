@@ -199,6 +199,30 @@ def test_xdist_runs_each_config_server_once(pytester: pytest.Pytester) -> None:
     assert launches == {"a": 1, "b": 1, "c": 1}
 
 
+def test_xdist_worker_publishes_the_config_map_before_reporting_its_collection(pytester: pytest.Pytester) -> None:
+    # The controller schedules by the node-id -> config map as soon as every worker has reported its
+    # collection, so the map must be written first: the plugin's hook has to run before xdist's.
+    pytester.makefile(".toml", matrix=engine("a") + WORKLOAD)
+    pytester.makepyfile(test_perf=PERF_TEST)
+    pytester.makeconftest(
+        """
+import json, os
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workerinput"):
+        impls = session.config.pluginmanager.hook.pytest_collection_finish.get_hookimpls()
+        called = [getattr(i.plugin, "__name__", type(i.plugin).__name__) for i in reversed(impls)]
+        with open(os.path.join(str(session.config.rootpath), "order.json"), "w") as f:
+            json.dump(called, f)
+"""
+    )
+    result = pytester.runpytest("-n", "1", "--llmperf-repeats", "1", "--llmperf-update-baselines")
+    result.assert_outcomes(passed=1)
+    called = json.loads((pytester.path / "order.json").read_text())
+    assert "WorkerInteractor" in called, called  # xdist's worker side, which reports the collection
+    assert called.index("pytest_llmperf.plugin") < called.index("WorkerInteractor"), called
+
+
 def test_external_endpoint_mode_through_a_mapping_file(pytester: pytest.Pytester, start_sim) -> None:
     server = start_sim(profile="deterministic", ttft_ms=5, itl_ms=5)  # started outside the pytest run
     (pytester.path / "endpoints.toml").write_text(f'ext = "{server.base_url}"\n')
