@@ -7,6 +7,11 @@ per event (from /proc), how late tokens left against their schedule, and the imp
 one core (1 s / CPU per event).
 
     python benchmarks/sim_throughput.py [--streams 1000] [--target 30000] [--tokens 100] [--repeats 3]
+                                        [--realtime-priority N]
+
+``--realtime-priority 1`` serves under SCHED_FIFO (needs root or CAP_SYS_NICE): on a shared host a
+higher-priority agent can take the simulator's core for ~10 ms, which makes tokens late that the
+simulator itself had ready in time (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ def main() -> int:
     ap.add_argument("--target", type=float, default=30000.0, help="events/s asked of the server")
     ap.add_argument("--tokens", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--realtime-priority", type=int, default=0, metavar="N", help="serve under SCHED_FIFO priority N")
     args = ap.parse_args()
     itl_ms = 1000.0 * args.streams / args.target
     cfg = EngineConfig(
@@ -45,6 +51,7 @@ def main() -> int:
         engine="sim",
         model="llmperf-sim",
         max_model_len=4096,
+        extra_args=("--realtime-priority", str(args.realtime_priority)) if args.realtime_priority else (),
         sim=SimOptions(profile="deterministic", ttft_ms=itl_ms, itl_ms=itl_ms),
     )
     server, cpus = start_pinned_sim(cfg)
@@ -79,6 +86,7 @@ def main() -> int:
     print(
         f"\n{args.streams} streams x {args.tokens} tokens, ITL {itl_ms:.1f} ms (asks {args.target:.0f} events/s), "
         f"{args.repeats} runs; server pinned to cpu {cpus[0]}"
+        + (f", SCHED_FIFO priority {args.realtime_priority}" if args.realtime_priority else "")
     )
     print_summary(rows, width=34)
     return 0

@@ -7,6 +7,8 @@ import itertools
 import math
 import os
 import statistics
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -146,25 +148,26 @@ def test_preemptions_show_in_metrics_over_http(start_sim) -> None:
     assert "vllm:inter_token_latency_seconds_count" in text and "vllm:e2e_request_latency_seconds_sum" in text
 
 
-def test_deterministic_profile_keeps_every_token_on_schedule_at_1000_streams(start_sim) -> None:
+def _serve_1000_streams(start_sim, *extra_args: str, request_rate: float, ttft_ms: float = 50) -> dict[str, float]:
+    """1000 concurrent streams x 100 tokens from the deterministic profile (ITL 50 ms), the simulator pinned to
+    one core and the client on the other(s); returns the server's llmperf_sim: schedule metrics."""
     from pytest_llmperf.loadgen import BenchSettings, random_requests, run_benchmark_sync
     from pytest_llmperf.tokenizer import SimTokenizer
 
     cpus = sorted(os.sched_getaffinity(0))
-    server = start_sim(profile="deterministic", ttft_ms=50, itl_ms=50, pin_cpu=cpus[0] if len(cpus) > 1 else None)
+    pin = cpus[0] if len(cpus) > 1 else None
+    server = start_sim(*extra_args, profile="deterministic", ttft_ms=ttft_ms, itl_ms=50, pin_cpu=pin)
     httpx.post(server.base_url + "/llmperf/reset_timing")
     reqs = random_requests(SimTokenizer(), num_requests=1000, input_len=8, output_len=100, seed=0)
-    # 1000 concurrent streams whose arrivals are spread evenly over one inter-token interval, so that the
-    # schedule asks for a steady 20,000 tokens/s rather than 1000 writes due in the same millisecond
     settings = BenchSettings(
         base_url=server.base_url,
         model="llmperf-sim",
         ignore_eos=True,
         prewarm_connections=True,
-        request_rate=20_000.0,
-        burstiness=math.inf,
+        request_rate=request_rate,
+        burstiness=math.inf if request_rate != math.inf else 1.0,
     )
-    if len(cpus) > 1:  # the client on the other core(s), as in benchmarks/sim_throughput.py
+    if len(cpus) > 1:  # as in benchmarks/sim_throughput.py
         os.sched_setaffinity(0, cpus[1:])
     try:
         result = run_benchmark_sync(settings, reqs)
@@ -177,10 +180,33 @@ def test_deterministic_profile_keeps_every_token_on_schedule_at_1000_streams(sta
         if line.startswith("llmperf_sim:"):
             metrics[line.split("{")[0]] = float(line.split()[-1])
     assert metrics["llmperf_sim:tokens_scheduled"] == 100_000
-    # server-side timestamps: each token's write time against its schedule. The strict bound (every token
-    # within 5 ms) is what benchmarks/sim_throughput.py measures with the simulator pinned and nothing else
-    # running. A shared runner pauses processes for a few ms now and then, and one 6 ms pause at 20,000
-    # tokens/s makes ~120 tokens late at once, so this test bounds what a simulator that cannot keep up would
-    # show instead: its backlog grows through the 5 s run (lateness of 100s of ms, most tokens late).
+    return metrics
+
+
+def _sched_fifo_permitted() -> bool:
+    probe = "import os; os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
+def test_deterministic_profile_writes_every_token_within_5ms_of_its_schedule_at_1000_streams(start_sim) -> None:
+    """Issue #4's bound, read from the server's own timestamps: every token of 1000 streams sent at once is
+    written within 5 ms of arrival + ttft + (n-1) * itl. With a TTFT of 10 ms, first tokens fall due while
+    the server is still parsing the arrival burst (~40 us a request): they must be written between two
+    requests, not after the burst.
+    The simulator serves under SCHED_FIFO: on a shared host a higher-priority agent can take its core for
+    ~13 ms once a second (measured with perf sched; docs/performance.md), and no server can be on time then."""
+    if not _sched_fifo_permitted():
+        pytest.skip("needs SCHED_FIFO (root or CAP_SYS_NICE); the bound at normal priority is the next test's")
+    metrics = _serve_1000_streams(start_sim, "--realtime-priority", "1", request_rate=math.inf, ttft_ms=10)
+    assert metrics["llmperf_sim:late_tokens"] == 0, metrics
+    assert metrics["llmperf_sim:max_lateness_seconds"] < 0.005, metrics
+
+
+def test_deterministic_profile_keeps_up_at_1000_streams_at_normal_priority(start_sim) -> None:
+    # arrivals spread evenly over one inter-token interval: a steady 20,000 tokens/s. At normal priority a
+    # shared runner takes the core away now and then (one 13 ms pause at 20,000 tokens/s makes ~260 tokens
+    # late at once), so this bounds what a simulator that cannot keep up would show instead: its backlog
+    # grows through the 5 s run (lateness of 100s of ms, most tokens late).
+    metrics = _serve_1000_streams(start_sim, request_rate=20_000.0)
     assert metrics["llmperf_sim:late_tokens"] <= 1000, metrics  # 1% of the tokens
     assert metrics["llmperf_sim:max_lateness_seconds"] < 0.025, metrics

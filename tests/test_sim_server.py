@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import httpx
 import pytest
 
-from pytest_llmperf.engines import ServerProcess
+from pytest_llmperf.engines import ServerProcess, free_port
 from pytest_llmperf.engines.scrape import scrape_metrics
 
 
@@ -112,6 +116,19 @@ def test_engine_command_line_flags_are_accepted_and_unknown_ones_ignored(start_s
     server = start_sim("--trust-remote-code", "--kv-cache-dtype", "fp8")
     assert httpx.get(server.base_url + "/health").status_code == 200
     assert "ignoring flags it does not model: --trust-remote-code --kv-cache-dtype fp8" in server.log_path.read_text()
+
+
+def test_realtime_priority_without_the_privilege_fails_at_start_naming_the_fix() -> None:
+    argv = [sys.executable, "-m", "pytest_llmperf.sim", "serve", "--port", str(free_port()), "--realtime-priority", "1"]
+    if os.geteuid() == 0:  # drop root (and with it CAP_SYS_NICE) for this one process
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root, and setpriv (util-linux) is not here to drop the privilege")
+        argv = [setpriv, "--reuid", "65534", "--regid", "65534", "--clear-groups", *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "--realtime-priority 1: cannot switch to SCHED_FIFO (Operation not permitted)" in proc.stderr
+    assert "needs root or CAP_SYS_NICE. Drop the option to serve at normal priority." in proc.stderr
 
 
 def test_eos_ends_outputs_early_unless_ignore_eos(start_sim) -> None:

@@ -43,6 +43,7 @@ class SimServerOptions:
     error_rate: float = 0.0
     malformed_rate: float = 0.0
     reset_rate: float = 0.0
+    realtime_priority: int = 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,6 +97,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-model-len", "--context-length", "--max_seq_len", dest="max_model_len", type=int, default=32768
     )
+    p.add_argument(
+        "--realtime-priority",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve under SCHED_FIFO priority N (1-99; needs root or CAP_SYS_NICE), so that no normal-priority "
+        "process on a shared host delays a token; 0: normal priority",
+    )
     faults = p.add_argument_group("faults")
     faults.add_argument("--startup-delay", type=float, default=0.0, help="seconds before the port answers")
     faults.add_argument("--fail-at-startup", default=None, metavar="MESSAGE", help="print MESSAGE to stderr and exit")
@@ -145,6 +154,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimServerOptions, list[st
     ns, unknown = p.parse_known_args(args)
     if ns.slowdown <= 0:
         p.error("--slowdown must be positive")
+    if not 0 <= ns.realtime_priority <= 99:
+        p.error("--realtime-priority must be in 0..99 (0: normal priority)")
     for name in ("error_rate", "malformed_rate", "reset_rate"):
         if not 0.0 <= getattr(ns, name) <= 1.0:
             p.error(f"--{name.replace('_', '-')} must be a fraction in [0, 1]")

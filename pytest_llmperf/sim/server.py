@@ -26,6 +26,7 @@ from pytest_llmperf.sim.engine import PROFILES, SimEngine, SimRequest
 from pytest_llmperf.sim.http import HttpConnection, Request
 from pytest_llmperf.sim.metrics import Histogram, render_metrics
 from pytest_llmperf.sim.options import SimServerOptions, parse_args
+from pytest_llmperf.sim.schedule import TokenSchedule
 from pytest_llmperf.tokenizer import SimTokenizer
 
 __all__ = ["SimServer", "main", "serve"]
@@ -81,7 +82,6 @@ class Generation:
         self.last = self.arrival
         self.done = False
         self.engine_req: SimRequest | None = None
-        self.timer: asyncio.TimerHandle | None = None
         opts = server.opts
         faults = server.faults
         self.stall = opts.stall_after is not None and server.requests_total > opts.stall_after
@@ -125,10 +125,9 @@ class Generation:
     # deterministic profile: token n is due at arrival + ttft + (n - 1) * itl, whatever the load
     def _schedule_det(self, n: int) -> None:
         s = self.server
-        offset = s.det_ttft + (n - 1) * s.det_itl
-        self.timer = s.loop.call_at(self.arrival + offset, self._det_emit, n, self.arrival_precise + offset)
+        s.schedule.add(self.arrival_precise + s.det_ttft + (n - 1) * s.det_itl, self, n)
 
-    def _det_emit(self, n: int, due: float) -> None:
+    def emit_scheduled(self, n: int, due: float) -> None:
         s = self.server
         late = time.perf_counter() - due  # when the token is written, against its schedule
         s.tokens_scheduled += 1
@@ -240,8 +239,7 @@ class Generation:
         self.server.running_generations -= 1
         if self.engine_req is not None:
             self.engine_req.aborted = True
-        if self.timer is not None:
-            self.timer.cancel()
+        # a scheduled token of the deterministic profile is dropped when it comes due (done is set)
 
 
 class SimServer:
@@ -263,6 +261,7 @@ class SimServer:
             )
         self.det_ttft = opts.ttft_ms * opts.slowdown / 1000.0
         self.det_itl = opts.itl_ms * opts.slowdown / 1000.0
+        self.schedule = TokenSchedule(loop)
         self.faults = random.Random(opts.seed)
         self.created = int(time.time())
         self.requests_total = 0
@@ -456,6 +455,8 @@ class SimServer:
             include_usage=include_usage,
             finish_reason=finish_reason,
         ).start()
+        if self.engine is None:
+            self.schedule.run_due()  # tokens that fell due while this request was parsed
 
 
 async def serve(opts: SimServerOptions) -> None:
@@ -483,7 +484,8 @@ async def serve(opts: SimServerOptions) -> None:
     srv = await loop.create_server(server.connection, opts.host, opts.port, reuse_address=True, backlog=4096)
     print(
         f"llmperf sim: pid {os.getpid()} pgid {os.getpgrp()} serving {opts.served_model_name!r} "
-        f"on http://{opts.host}:{opts.port} (profile {opts.profile}, slowdown {opts.slowdown:g})",
+        f"on http://{opts.host}:{opts.port} (profile {opts.profile}, slowdown {opts.slowdown:g}"
+        + (f", SCHED_FIFO priority {opts.realtime_priority})" if opts.realtime_priority else ")"),
         flush=True,
     )
     await stop.wait()
@@ -500,6 +502,18 @@ def main(argv: list[str] | None = None) -> int:
     if opts.fail_at_startup is not None:
         print(opts.fail_at_startup, file=sys.stderr, flush=True)
         return opts.fail_exit_code
+    if opts.realtime_priority:
+        try:
+            # children (--spawn-children) start at normal priority
+            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(opts.realtime_priority))
+        except OSError as exc:
+            print(
+                f"llmperf sim: --realtime-priority {opts.realtime_priority}: cannot switch to SCHED_FIFO "
+                f"({exc.strerror}); it needs root or CAP_SYS_NICE. Drop the option to serve at normal priority.",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 2
     try:
         import uvloop
     except ImportError:
