@@ -48,6 +48,11 @@ def main() -> int:
     ap.add_argument("--num-prompts", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument(
+        "--request-rate",
+        default="inf",
+        help="requests/s (Poisson, seeded: both clients draw the same send times); inf sends in bursts",
+    )
+    ap.add_argument(
         "--profile",
         default="cpu-small",
         choices=["cpu-small", "deterministic"],
@@ -92,6 +97,8 @@ def main() -> int:
         str(args.num_prompts),
         "--max-concurrency",
         str(args.concurrency),
+        "--request-rate",
+        str(args.request_rate),
         "--seed",
         "42",
         "--percentile-metrics",
@@ -123,7 +130,8 @@ def main() -> int:
         server.stop()
     print(
         f"{args.runs} run(s) each, alternating, one server; {args.num_prompts} prompts, "
-        f"max concurrency {args.concurrency}, random 512 in / 128 out, seed 42\n"
+        f"max concurrency {args.concurrency}, request rate {args.request_rate}, random 512 in / 128 out, seed 42, "
+        f"{args.profile} profile\n"
     )
     print("same block labels in the same order:", labels["llmperf"] == labels["vllm"])
     if labels["llmperf"] != labels["vllm"]:
