@@ -20,6 +20,13 @@ startup_timeout_s = 30
 sim = {{ profile = "deterministic", ttft_ms = 20, itl_ms = 5 }}
 {extra_engine}
 
+# 4 requests of 6 tokens at 5 ms: the client's own noise is a few % of such a run's TPOT (sd 2.8% per run,
+# measured), and these tests check the update flow, not the gate's power (test_gate_flow.py does that)
+[gate.tolerance]
+output_throughput = 0.25
+total_token_throughput = 0.25
+mean_tpot_ms = 0.25
+
 [[workloads]]
 id = "tiny"
 random_input_len = 16
@@ -157,8 +164,8 @@ def test_regression_fails_the_item_naming_metrics_and_update_accepts_it(suite: p
     )
     slow.stdout.re_match_lines(
         [
-            r"output_throughput: [\d.]+ -> [\d.]+ \(-\d+\.\d%, tolerance 6%, p=.*, n=2/2\)",
-            r"mean_tpot_ms: [\d.]+ -> [\d.]+ \(\+\d+\.\d%, tolerance 6%, p=.*, n=2/2\)",
+            r"output_throughput: [\d.]+ -> [\d.]+ \(-\d+\.\d%, tolerance 25%, p=.*, n=2/2\)",
+            r"mean_tpot_ms: [\d.]+ -> [\d.]+ \(\+\d+\.\d%, tolerance 25%, p=.*, n=2/2\)",
         ]
     )
     assert {f: f.read_text() for f in baseline_files(suite)} == before  # failing runs never touch baselines
