@@ -191,7 +191,7 @@ def _sched_fifo_permitted() -> bool:
 def test_deterministic_profile_writes_every_token_within_5ms_of_its_schedule_at_1000_streams(start_sim) -> None:
     """Issue #4's bound, read from the server's own timestamps: every token of 1000 streams sent at once is
     written within 5 ms of arrival + ttft + (n-1) * itl. With a TTFT of 10 ms, first tokens fall due while
-    the server is still parsing the arrival burst (~40 us a request): they must be written between two
+    the server is still parsing the arrival burst (tens of us a request): they must be written between two
     requests, not after the burst.
     The simulator serves under SCHED_FIFO: on a shared host a higher-priority agent can take its core for
     ~13 ms once a second (measured with perf sched; docs/performance.md), and no server can be on time then."""
