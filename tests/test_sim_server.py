@@ -128,7 +128,7 @@ def test_realtime_priority_without_the_privilege_fails_at_start_naming_the_fix()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "--realtime-priority 1: cannot switch to SCHED_FIFO (Operation not permitted)" in proc.stderr
-    assert "needs root or CAP_SYS_NICE. Drop the option to serve at normal priority." in proc.stderr
+    assert "needs Linux and root or CAP_SYS_NICE. Drop the option to serve at normal priority." in proc.stderr
 
 
 def test_eos_ends_outputs_early_unless_ignore_eos(start_sim) -> None:

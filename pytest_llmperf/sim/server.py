@@ -504,12 +504,15 @@ def main(argv: list[str] | None = None) -> int:
         return opts.fail_exit_code
     if opts.realtime_priority:
         try:
+            if not hasattr(os, "sched_setscheduler"):
+                raise OSError(0, "not available on this platform")
             # children (--spawn-children) start at normal priority
             os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(opts.realtime_priority))
         except OSError as exc:
             print(
                 f"llmperf sim: --realtime-priority {opts.realtime_priority}: cannot switch to SCHED_FIFO "
-                f"({exc.strerror}); it needs root or CAP_SYS_NICE. Drop the option to serve at normal priority.",
+                f"({exc.strerror}); it needs Linux and root or CAP_SYS_NICE. Drop the option to serve at "
+                "normal priority.",
                 file=sys.stderr,
                 flush=True,
             )
