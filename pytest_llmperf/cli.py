@@ -81,6 +81,9 @@ def _tiny_model(args: list[str]) -> int:
     ap.add_argument("--head-dim", type=int, default=64, help="head size (vLLM's CPU attention rejects 16)")
     ap.add_argument("--layers", type=int, default=2, help="decoder layers")
     ns = ap.parse_args(args)
+    for flag, value in (("--heads", ns.heads), ("--head-dim", ns.head_dim), ("--layers", ns.layers)):
+        if value < 1:
+            ap.error(f"{flag} must be a positive integer, got {value}")
     from pytest_llmperf.tiny_model import write_tiny_model
 
     path = write_tiny_model(ns.dir, num_heads=ns.heads, head_dim=ns.head_dim, num_layers=ns.layers)

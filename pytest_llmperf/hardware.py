@@ -6,6 +6,7 @@ recorded outputs of that command (a fake ``nvidia-smi`` on ``PATH``).
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
@@ -117,15 +118,21 @@ def cpu_model() -> str:
 ISA_LEVELS = (("avx2", "avx2"), ("avx512f", "avx512"), ("avx512_bf16", "avx512-bf16"), ("amx_tile", "amx"))
 
 
+@functools.lru_cache(maxsize=1)
+def _cpuinfo_flags() -> str | None:
+    """The first ``flags`` line of /proc/cpuinfo, read once per process (the hardware key is taken per test)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1] for line in f if line.startswith("flags")), None)
+    except OSError:
+        return None
+
+
 def cpu_isa(cpuinfo_flags: str | None = None) -> str:
     """The newest vector extension this CPU has, from ``/proc/cpuinfo`` ("amx", "avx512-bf16", "avx512",
     "avx2", or "baseline"); "unknown" where the flags cannot be read."""
     if cpuinfo_flags is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo_flags = next((line.split(":", 1)[1] for line in f if line.startswith("flags")), None)
-        except OSError:
-            cpuinfo_flags = None
+        cpuinfo_flags = _cpuinfo_flags()
         if cpuinfo_flags is None:
             return "unknown"
     flags = set(cpuinfo_flags.split())

@@ -315,3 +315,6 @@ def test_tiny_model_command_writes_a_llama_vllm_can_load_without_a_hub(tmp_path:
     assert "chat_template" in json.loads((tmp_path / "m" / "tokenizer_config.json").read_text())
     with pytest.raises(SystemExit):  # argparse: a missing DIR is a usage error
         main(["tiny-model"])
+    with pytest.raises(SystemExit):  # so is a model with no heads, named by its flag
+        main(["tiny-model", str(tmp_path / "z"), "--heads", "0"])
+    assert not (tmp_path / "z").exists()
