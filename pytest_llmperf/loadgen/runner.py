@@ -8,18 +8,20 @@ in ``client_warnings`` instead of silently reporting a slower engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import math
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
-import aiohttp
 import numpy as np
 
 from pytest_llmperf.loadgen.client import auth_headers, build_payload, send_streaming_request
 from pytest_llmperf.loadgen.datasets import SampleRequest
+from pytest_llmperf.loadgen.http1 import ConnectionPool, ResponseProtocolError
 from pytest_llmperf.metrics import BenchmarkMetrics, RequestRecord, calculate_metrics
 
 __all__ = ["BenchSettings", "BenchmarkResult", "arrival_offsets", "run_benchmark", "run_benchmark_sync"]
@@ -121,16 +123,8 @@ async def drive(
 ) -> RawRun:
     """Send ``requests`` on their arrival schedule and record each one (the process-local part of a run)."""
     chat = settings.backend == "openai-chat"
-    url = settings.base_url.rstrip("/") + settings.endpoint
-    headers = auth_headers(chat=chat)
+    base_path = urlsplit(settings.base_url).path.rstrip("/")
     payloads = [build_payload(settings.backend, settings.model, r, ignore_eos=settings.ignore_eos) for r in requests]
-    connector = aiohttp.TCPConnector(
-        limit=settings.max_concurrency or 0,
-        limit_per_host=settings.max_concurrency or 0,
-        keepalive_timeout=60,
-        enable_cleanup_closed=True,
-    )
-    timeout = aiohttp.ClientTimeout(total=settings.timeout_s, sock_read=settings.stall_timeout_s)
     semaphore = asyncio.Semaphore(settings.max_concurrency) if settings.max_concurrency else None
     records = [RequestRecord(prompt_len=r.prompt_len, output_len_hint=r.expected_output_len) for r in requests]
     if offsets is None:
@@ -138,7 +132,10 @@ async def drive(
     done = 0
     out_tokens = 0
 
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as session:
+    async with ConnectionPool(
+        settings.base_url, timeout_s=settings.timeout_s, stall_timeout_s=settings.stall_timeout_s
+    ) as pool:
+        head = pool.head("POST", base_path + settings.endpoint, auth_headers(chat=chat))
 
         async def one(record: RequestRecord, payload: bytes) -> None:
             nonlocal done, out_tokens
@@ -146,9 +143,9 @@ async def drive(
             if semaphore is not None:
                 async with semaphore:
                     record.queue_time = time.perf_counter() - created
-                    await send_streaming_request(session, url, payload, headers, record, chat=chat)
+                    await send_streaming_request(pool, head, payload, record, chat=chat)
             else:
-                await send_streaming_request(session, url, payload, headers, record, chat=chat)
+                await send_streaming_request(pool, head, payload, record, chat=chat)
             done += 1
             out_tokens += record.output_tokens
             if progress is not None:
@@ -157,16 +154,13 @@ async def drive(
         if settings.num_warmups and requests:
             warm = [RequestRecord() for _ in range(settings.num_warmups)]
             await asyncio.gather(
-                *(
-                    _bounded(semaphore, send_streaming_request(session, url, payloads[0], headers, w, chat=chat))
-                    for w in warm
-                )
+                *(_bounded(semaphore, send_streaming_request(pool, head, payloads[0], w, chat=chat)) for w in warm)
             )
 
         if settings.prewarm_connections and requests:
             n_conn = min(len(requests), settings.max_concurrency or len(requests))
-            health = settings.base_url.rstrip("/") + "/health"
-            await asyncio.gather(*(_prewarm(session, health) for _ in range(n_conn)))
+            health = pool.head("GET", base_path + "/health", {})
+            await asyncio.gather(*(_prewarm(pool, health) for _ in range(n_conn)))
 
         gc.collect()
         gc.freeze()
@@ -241,12 +235,10 @@ async def run_benchmark(
     return finish(settings, raw, count_tokens=count_tokens)
 
 
-async def _prewarm(session: aiohttp.ClientSession, url: str) -> None:
-    try:
-        async with session.get(url) as resp:
-            await resp.read()
-    except aiohttp.ClientError:
-        pass  # a server without /health still gets measured; only the warm pool is lost
+async def _prewarm(pool: ConnectionPool, head: bytes) -> None:
+    # a server without /health still gets measured; only the warm pool is lost
+    with contextlib.suppress(OSError, ResponseProtocolError):
+        await pool.request(head, b"")
 
 
 async def _bounded(semaphore: asyncio.Semaphore | None, coro: Any) -> Any:

@@ -1,0 +1,382 @@
+"""A lean HTTP/1.1 client for streamed responses: the load generator's transport.
+
+One :class:`asyncio.Protocol` per keep-alive connection. The response body is de-chunked inside
+``data_received`` and handed straight to the request's :class:`BodySink`, with the time the bytes
+were read. A streamed event costs one callback: no ``StreamReader``, no future, no task wake-up
+and no timer per event, which is where aiohttp's client spends most of its per-event CPU (a
+profile of this project's earlier aiohttp client at 1000 streams put 35% of its CPU in the
+``StreamReader`` and its per-wait timeout). docs/performance.md has the before and after.
+
+What it speaks: ``Content-Length``, ``Transfer-Encoding: chunked`` and read-to-close bodies,
+keep-alive reuse, ``http`` and ``https``. It does not consult proxy variables or ``~/.netrc``
+(vLLM's client does, at the cost of two thread-pool round trips per request); the load generator
+connects to the server it measures. Timeouts are checked by one periodic sweep, not a timer per
+read: a request fails when no byte arrived for ``stall_timeout_s`` or when it ran ``timeout_s``.
+
+Errors, each the exception a failed request's ``error`` text starts with:
+
+* :class:`ConnectionClosedError`: the server closed the connection before the response ended;
+* :class:`ResponseProtocolError`: the bytes were not a valid HTTP/1.1 response;
+* :class:`StreamTimeoutError`: the stall or total timeout fired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+__all__ = [
+    "BodySink",
+    "ConnectionClosedError",
+    "ConnectionPool",
+    "Response",
+    "ResponseProtocolError",
+    "StreamTimeoutError",
+]
+
+MAX_HEAD_BYTES = 65536
+_CRLF = b"\r\n"
+
+# what the connection is reading
+_IDLE, _HEAD, _CHUNKED, _LENGTH, _TO_CLOSE = range(5)
+
+
+class ConnectionClosedError(ConnectionError):
+    """The server closed the connection before the response ended."""
+
+
+class ResponseProtocolError(Exception):
+    """The server's bytes are not a valid HTTP/1.1 response."""
+
+
+class StreamTimeoutError(TimeoutError):
+    """No byte arrived for the stall timeout, or the request ran past its total timeout."""
+
+
+class BodySink(Protocol):
+    """Receives a 200 response's body as it arrives. ``feed`` may raise: the request fails with it."""
+
+    def feed(self, data: bytes, ts: float) -> None: ...
+
+
+@dataclass
+class Response:
+    status: int
+    reason: str
+    body: bytes  # empty when the body went to a sink
+
+
+class _Connection(asyncio.Protocol):
+    """One connection, one request at a time; parses the response head, then routes the body."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reusable = False
+        self.last_io = 0.0
+        self.deadline = 0.0
+        self._waiter: asyncio.Future[Response] | None = None
+        self._sink: BodySink | None = None
+        self._state = _IDLE
+        self._buf = b""
+        self._left = 0  # Content-Length bytes still to come
+        self._status = 0
+        self._reason = ""
+        self._body: list[bytes] = []
+        self._to_sink = False
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._waiter is None or self._waiter.done():
+            return
+        if self._state == _TO_CLOSE and exc is None:
+            self._complete()
+            return
+        detail = f": {exc}" if exc else ""
+        where = "before the response head" if self._state == _HEAD else "before the response ended"
+        self._fail(ConnectionClosedError(f"the server closed the connection {where}{detail}"))
+
+    def data_received(self, data: bytes) -> None:
+        ts = time.perf_counter()
+        self.last_io = ts
+        try:
+            state = self._state
+            if state == _CHUNKED:
+                self._chunked(data, ts)
+            elif state == _HEAD:
+                self._head(data, ts)
+            elif state == _LENGTH:
+                self._length(data, ts)
+            elif state == _TO_CLOSE:
+                self._emit(data, ts)
+            else:  # bytes nobody asked for: the connection is not safe to reuse
+                self.reusable = False
+                self.abort()
+        except Exception as exc:  # a sink's error or a protocol violation fails the request
+            self._fail(exc)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost decides what the EOF means
+
+    # the request
+
+    def send(self, data: bytes, sink: BodySink | None, deadline: float) -> asyncio.Future[Response]:
+        assert self.transport is not None
+        self._waiter = self.loop.create_future()
+        if self.closed:  # lost between connect and send
+            self._waiter.set_exception(ConnectionClosedError("the server closed the connection before the request"))
+            return self._waiter
+        self._sink = sink
+        self._state = _HEAD
+        self._buf = b""
+        self._body = []
+        self.reusable = False
+        self.deadline = deadline
+        self.last_io = time.perf_counter()
+        self.transport.write(data)
+        return self._waiter
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def expire(self, now: float, stall_s: float | None) -> None:
+        """Called by the pool's sweep on a busy connection."""
+        if stall_s is not None and now - self.last_io > stall_s:
+            self._fail(StreamTimeoutError(f"no data from the server for {stall_s:g} s (stall timeout)"))
+        elif now > self.deadline:
+            self._fail(StreamTimeoutError("the request ran past its total timeout"))
+
+    @property
+    def busy(self) -> bool:
+        return self._waiter is not None and not self._waiter.done()
+
+    # parsing
+
+    def _head(self, data: bytes, ts: float) -> None:
+        buf = self._buf + data if self._buf else data
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD_BYTES:
+                    raise ResponseProtocolError(f"response head longer than {MAX_HEAD_BYTES} bytes")
+                self._buf = buf
+                return
+            lines = buf[:end].decode("latin-1").split("\r\n")
+            parts = lines[0].split(" ", 2)
+            if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+                raise ResponseProtocolError(f"not an HTTP/1.x status line: {lines[0][:200]!r}")
+            status = int(parts[1])
+            buf = buf[end + 4 :]
+            if 100 <= status < 200:
+                continue  # 100 Continue and friends: the real head follows
+            break
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise ResponseProtocolError(f"malformed header line: {line[:200]!r}")
+            headers[name.strip().lower()] = value.strip()
+        self._status = status
+        self._reason = parts[2] if len(parts) > 2 else ""
+        self._to_sink = status == 200 and self._sink is not None
+        connection = headers.get("connection", "").lower()
+        self.reusable = parts[0] == "HTTP/1.1" and "close" not in connection
+        if headers.get("content-encoding", "identity").lower() != "identity":
+            raise ResponseProtocolError(f"unsupported Content-Encoding {headers['content-encoding']!r}")
+        self._buf = b""
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self._state = _CHUNKED
+            if buf:
+                self._chunked(buf, ts)
+        elif "content-length" in headers:
+            try:
+                self._left = int(headers["content-length"])
+            except ValueError:
+                raise ResponseProtocolError(f"bad Content-Length {headers['content-length']!r}") from None
+            self._state = _LENGTH
+            if self._left == 0 or status in (204, 304):
+                self._complete()
+            elif buf:
+                self._length(buf, ts)
+        elif status in (204, 304):
+            self._complete()
+        else:
+            self._state = _TO_CLOSE
+            self.reusable = False
+            if buf:
+                self._emit(buf, ts)
+
+    def _chunked(self, data: bytes, ts: float) -> None:
+        buf = self._buf + data if self._buf else data
+        pos = 0
+        n = len(buf)
+        while True:
+            eol = buf.find(_CRLF, pos)
+            if eol < 0:
+                if n - pos > 1024:
+                    raise ResponseProtocolError("chunk size line longer than 1024 bytes")
+                break
+            line = buf[pos:eol]
+            try:
+                size = int(line.split(b";", 1)[0], 16)
+            except ValueError:
+                raise ResponseProtocolError(f"bad chunk size line {line[:100]!r}") from None
+            if size == 0:  # the last chunk; optional trailers end with an empty line
+                if buf.startswith(_CRLF, eol + 2):
+                    pos = eol + 4
+                else:
+                    trailers_end = buf.find(b"\r\n\r\n", eol + 2)
+                    if trailers_end < 0:
+                        break
+                    pos = trailers_end + 4
+                self._buf = b""
+                if pos < n:  # nothing may follow a response we did not pipeline
+                    self.reusable = False
+                self._complete()
+                return
+            end = eol + 2 + size
+            if n < end + 2:
+                break  # the chunk is not all here yet
+            if buf[end : end + 2] != _CRLF:
+                raise ResponseProtocolError("chunk data not followed by CRLF")
+            self._emit(buf[eol + 2 : end], ts)
+            pos = end + 2
+        self._buf = buf[pos:] if pos else buf
+
+    def _length(self, data: bytes, ts: float) -> None:
+        if len(data) >= self._left:
+            if len(data) > self._left:
+                self.reusable = False
+            self._emit(data[: self._left], ts)
+            self._left = 0
+            self._complete()
+        else:
+            self._left -= len(data)
+            self._emit(data, ts)
+
+    def _emit(self, data: bytes, ts: float) -> None:
+        if self._to_sink:
+            assert self._sink is not None
+            self._sink.feed(data, ts)
+        else:
+            self._body.append(data)
+
+    def _complete(self) -> None:
+        self._state = _IDLE
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(Response(self._status, self._reason, b"".join(self._body)))
+        self._body = []
+        self._sink = None
+
+    def _fail(self, exc: BaseException) -> None:
+        self._state = _IDLE
+        self.reusable = False
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self._sink = None
+        self.abort()
+
+
+class ConnectionPool:
+    """Keep-alive connections to one server, for one run. Use as ``async with``.
+
+    It does not bound the number of connections: the caller's concurrency limit does.
+    """
+
+    def __init__(self, base_url: str, *, timeout_s: float, stall_timeout_s: float | None = None) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"base URL {base_url!r}: expected http://host[:port] or https://host[:port]")
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if parts.scheme == "https" else None
+        default_port = (parts.scheme == "https" and self.port == 443) or (parts.scheme == "http" and self.port == 80)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = host if default_port else f"{host}:{self.port}"
+        self.timeout_s = timeout_s
+        self.stall_timeout_s = stall_timeout_s
+        self._idle: list[_Connection] = []
+        self._all: set[_Connection] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def __aenter__(self) -> ConnectionPool:
+        self._loop = asyncio.get_running_loop()
+        self._schedule_sweep()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in list(self._all):
+            if conn.transport is not None:
+                conn.transport.close()
+        self._all.clear()
+        self._idle.clear()
+
+    def head(self, method: str, path: str, headers: dict[str, str]) -> bytes:
+        """The request line and headers up to (not including) ``Content-Length``."""
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host_header}", "Accept: */*", "User-Agent: pytest-llmperf"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        return ("\r\n".join(lines) + "\r\n").encode("latin-1")
+
+    async def request(self, head: bytes, body: bytes, sink: BodySink | None = None) -> Response:
+        """Send one request (``head`` from :meth:`head`) and wait for its whole response."""
+        conn = await self._acquire()
+        data = head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        try:
+            response = await conn.send(data, sink, time.perf_counter() + self.timeout_s)
+        except BaseException:  # failed or cancelled mid-response: the connection is in an unknown state
+            self._drop(conn)
+            raise
+        if conn.reusable and not conn.closed:
+            self._idle.append(conn)
+        else:
+            self._drop(conn)
+        return response
+
+    async def _acquire(self) -> _Connection:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+            self._drop(conn)
+        loop = self._loop or asyncio.get_running_loop()
+        connect = loop.create_connection(lambda: _Connection(loop), self.host, self.port, ssl=self.ssl)
+        try:
+            _, conn = await asyncio.wait_for(connect, timeout=self.stall_timeout_s or self.timeout_s)
+        except asyncio.TimeoutError:
+            raise StreamTimeoutError(f"could not connect to {self.host_header} in time") from None
+        self._all.add(conn)
+        return conn
+
+    def _drop(self, conn: _Connection) -> None:
+        conn.abort()
+        self._all.discard(conn)
+
+    def _schedule_sweep(self) -> None:
+        assert self._loop is not None
+        interval = 1.0 if self.stall_timeout_s is None else max(0.01, min(1.0, self.stall_timeout_s / 5))
+        self._sweeper = self._loop.call_later(interval, self._sweep)
+
+    def _sweep(self) -> None:
+        now = time.perf_counter()
+        for conn in list(self._all):
+            if conn.busy:
+                conn.expire(now, self.stall_timeout_s)
+        self._schedule_sweep()
