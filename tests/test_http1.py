@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -247,3 +248,25 @@ def test_an_error_message_mid_stream_fails_the_request_with_the_servers_words() 
     assert record.error.startswith("ServerStreamError: server error in stream: ")
     assert "KV cache exhausted" in record.error
     assert record.ttft > 0  # the token before the error was timed
+
+
+def test_a_connection_idle_past_keepalive_is_not_reused() -> None:
+    # the server answers only the first request of a connection and drops the second unanswered, as
+    # uvicorn's idle close crossing a new request looks from the client
+    async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await read_request(reader)
+        writer.close()
+
+    async def test(pool: ConnectionPool) -> None:
+        head = pool.head("GET", "/", {})
+        assert (await pool.request(head, b"")).status == 200
+        await asyncio.sleep(0.3)  # past keepalive_s: a fresh connection
+        assert (await pool.request(head, b"")).status == 200
+        with pytest.raises(ConnectionClosedError, match="before the response head"):
+            await pool.request(head, b"")  # within keepalive_s: reused, and dropped by this server
+
+    serve(once, test, keepalive_s=0.2)

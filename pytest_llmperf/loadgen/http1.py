@@ -294,10 +294,14 @@ class _Connection(asyncio.Protocol):
 class ConnectionPool:
     """Keep-alive connections to one server, for one run. Use as ``async with``.
 
-    It does not bound the number of connections: the caller's concurrency limit does.
+    It does not bound the number of connections: the caller's concurrency limit does. A connection
+    idle for ``keepalive_s`` is not reused: uvicorn, under vLLM, SGLang and TensorRT-LLM alike, closes
+    idle connections after 5 s, and a request sent as that close crosses it would fail.
     """
 
-    def __init__(self, base_url: str, *, timeout_s: float, stall_timeout_s: float | None = None) -> None:
+    def __init__(
+        self, base_url: str, *, timeout_s: float, stall_timeout_s: float | None = None, keepalive_s: float = 4.0
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"base URL {base_url!r}: expected http://host[:port] or https://host[:port]")
@@ -309,6 +313,7 @@ class ConnectionPool:
         self.host_header = host if default_port else f"{host}:{self.port}"
         self.timeout_s = timeout_s
         self.stall_timeout_s = stall_timeout_s
+        self.keepalive_s = keepalive_s
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -345,15 +350,22 @@ class ConnectionPool:
             self._drop(conn)
             raise
         if conn.reusable and not conn.closed:
+            conn.last_io = time.perf_counter()
             self._idle.append(conn)
         else:
             self._drop(conn)
         return response
 
     async def _acquire(self) -> _Connection:
+        oldest_usable = time.perf_counter() - self.keepalive_s
         while self._idle:
             conn = self._idle.pop()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+            if (
+                not conn.closed
+                and conn.last_io > oldest_usable
+                and conn.transport is not None
+                and not conn.transport.is_closing()
+            ):
                 return conn
             self._drop(conn)
         loop = self._loop or asyncio.get_running_loop()
