@@ -270,3 +270,26 @@ def test_a_connection_idle_past_keepalive_is_not_reused() -> None:
             await pool.request(head, b"")  # within keepalive_s: reused, and dropped by this server
 
     serve(once, test, keepalive_s=0.2)
+
+
+@pytest.mark.parametrize("sep", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_sse_messages_with_lf_or_crlf_line_ends_are_timed_alike(sep: bytes) -> None:
+    from pytest_llmperf.loadgen.client import send_streaming_request
+    from pytest_llmperf.metrics import RequestRecord
+
+    def message(text: str) -> bytes:
+        return b'data: {"choices":[{"index":0,"delta":{"content":"%s"}}]}' % text.encode() + sep + sep
+
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":3}}' + sep + sep
+    done = b"data: [DONE]" + sep + sep
+    # the last message split inside its separator, across two chunks
+    parts = [message("a"), message("b"), message("c")[:-1], message("c")[-1:] + usage + done]
+    record = RequestRecord()
+
+    async def test(pool: ConnectionPool) -> None:
+        await send_streaming_request(pool, pool.head("POST", "/", {}), b"{}", record, chat=True)
+
+    serve(writes(HEAD_CHUNKED, *(chunk(p) for p in parts), b"0\r\n\r\n", pause=0.01), test)
+    assert record.success, record.error
+    assert (record.generated_text, record.output_tokens, record.prompt_len) == ("abc", 3, 3)
+    assert len(record.itl) == 2 and all(x >= 0.005 for x in record.itl)

@@ -84,6 +84,8 @@ class _SSEStream:
 
     def feed(self, data: bytes, ts: float) -> None:
         buf = self.buf + data if self.buf else data
+        if b"\r" in buf:  # CRLF line ends (sse-starlette's default) are as valid SSE as LF
+            buf = buf.replace(b"\r\n", b"\n")
         start = 0
         while True:
             end = buf.find(b"\n\n", start)
