@@ -163,6 +163,14 @@ def test_bad_input_is_a_clear_message(start_sim, args: list[str], message: str) 
     assert message in result.stderr
 
 
+@pytest.mark.parametrize("url", ["localhost:8000", "ftp://127.0.0.1:8000", "http://"])
+def test_a_base_url_that_is_not_a_server_url_is_a_clear_message(url: str) -> None:
+    result = bench("--base-url", url, "--model", "m", "--num-prompts", "2")
+    assert result.returncode != 0
+    assert "is not a server URL; give it as http://HOST:PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_server_tokenizer_matches_the_builtin_and_finds_the_vocabulary(shared_sim) -> None:
     tok = ServerTokenizer(shared_sim.base_url, "llmperf-sim")
     assert tok.vocab_size == 32000

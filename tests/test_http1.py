@@ -250,10 +250,14 @@ def test_an_error_message_mid_stream_fails_the_request_with_the_servers_words() 
     assert record.ttft > 0  # the token before the error was timed
 
 
-def test_a_connection_idle_past_keepalive_is_not_reused() -> None:
-    # the server answers only the first request of a connection and drops the second unanswered, as
-    # uvicorn's idle close crossing a new request looks from the client
+def test_a_connection_idle_past_keepalive_is_not_reused_and_a_stale_one_is_replaced() -> None:
+    # the server answers only the first request of a connection and closes it on the second unanswered,
+    # as uvicorn's idle close crossing a new request looks from the client
+    connections = 0
+
     async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()
@@ -264,12 +268,33 @@ def test_a_connection_idle_past_keepalive_is_not_reused() -> None:
     async def test(pool: ConnectionPool) -> None:
         head = pool.head("GET", "/", {})
         assert (await pool.request(head, b"")).status == 200
-        await asyncio.sleep(0.3)  # past keepalive_s: a fresh connection
+        await asyncio.sleep(0.3)  # past keepalive_s: not reused, a new connection
         assert (await pool.request(head, b"")).status == 200
-        with pytest.raises(ConnectionClosedError, match="before the response head"):
-            await pool.request(head, b"")  # within keepalive_s: reused, and dropped by this server
+        assert connections == 2
+        # within keepalive_s: reused, closed by the server before a byte of the response, sent again
+        assert (await pool.request(head, b"")).status == 200
+        assert connections == 3
 
     serve(once, test, keepalive_s=0.2)
+
+
+def test_a_request_is_not_sent_again_once_its_response_began() -> None:
+    async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Le")  # then closes: the response had begun
+        await writer.drain()
+        writer.close()
+
+    async def test(pool: ConnectionPool) -> None:
+        head = pool.head("GET", "/", {})
+        assert (await pool.request(head, b"")).status == 200
+        with pytest.raises(ConnectionClosedError, match="before the response head"):
+            await pool.request(head, b"")  # part of a head had come: not sent again
+
+    serve(half, test)
 
 
 @pytest.mark.parametrize("sep", [b"\n", b"\r\n"], ids=["lf", "crlf"])

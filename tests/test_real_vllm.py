@@ -83,7 +83,10 @@ def test_metrics_scrape_agrees_with_the_clients_count(tiny: Path, tmp_path: Path
         after = scrape_metrics(server.base_url)
     finally:
         server.stop()
-    assert result.metrics.completed == 60 and result.metrics.total_output == 60 * 400
+    assert result.metrics.completed == 60 and result.metrics.total_output == 60 * 400, (
+        result.errors[:5],
+        result.client_warnings,
+    )
     # generation tokens: exactly the client's own count
     assert after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"] == result.metrics.total_output
     # running requests: never more than the client had in flight, and none once the client is done. (Whether a

@@ -16,6 +16,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import ValidationError
@@ -124,6 +125,12 @@ def build_requests(args: argparse.Namespace, tokenizer: Tokenizer) -> list[Sampl
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     base_url = (args.base_url or f"http://{args.host}:{args.port}").rstrip("/")
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SystemExit(
+            f"llmperf bench serve: --base-url {base_url!r} is not a server URL; "
+            "give it as http://HOST:PORT (or https://HOST:PORT), or use --host and --port"
+        )
     backend = "openai" if args.backend == "vllm" else args.backend
     endpoint = args.endpoint or ("/v1/chat/completions" if backend == "openai-chat" else "/v1/completions")
     model_id = args.model or _first_model(base_url)

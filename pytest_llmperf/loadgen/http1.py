@@ -78,6 +78,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reusable = False
+        self.uses = 0  # requests sent on this connection
+        self.responded = False  # a byte of the current response has arrived
         self.last_io = 0.0
         self.deadline = 0.0
         self._waiter: asyncio.Future[Response] | None = None
@@ -136,6 +138,8 @@ class _Connection(asyncio.Protocol):
         if self.closed:  # lost between connect and send
             self._waiter.set_exception(ConnectionClosedError("the server closed the connection before the request"))
             return self._waiter
+        self.uses += 1
+        self.responded = False
         self._sink = sink
         self._state = _HEAD
         self._buf = b""
@@ -165,6 +169,7 @@ class _Connection(asyncio.Protocol):
     # parsing
 
     def _head(self, data: bytes, ts: float) -> None:
+        self.responded = True
         buf = self._buf + data if self._buf else data
         while True:
             end = buf.find(b"\r\n\r\n")
@@ -341,11 +346,27 @@ class ConnectionPool:
         return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
     async def request(self, head: bytes, body: bytes, sink: BodySink | None = None) -> Response:
-        """Send one request (``head`` from :meth:`head`) and wait for its whole response."""
-        conn = await self._acquire()
+        """Send one request (``head`` from :meth:`head`) and wait for its whole response.
+
+        A request on a reused connection that the server closed before sending a byte of the
+        response is sent once more, on a new connection: the server had closed the connection
+        as idle while the request was on its way (RFC 9112, 9.3.1), so it never saw it. The
+        idle limit makes that rare, but a client that its host starves reads a finished response
+        late, and its idea of how long a connection has been idle is short by as much.
+        """
         data = head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        deadline = time.perf_counter() + self.timeout_s
+        conn = await self._acquire()
         try:
-            response = await conn.send(data, sink, time.perf_counter() + self.timeout_s)
+            return await self._exchange(conn, data, sink, deadline)
+        except ConnectionClosedError:
+            if conn.uses == 1 or conn.responded:
+                raise
+        return await self._exchange(await self._acquire(fresh=True), data, sink, deadline)
+
+    async def _exchange(self, conn: _Connection, data: bytes, sink: BodySink | None, deadline: float) -> Response:
+        try:
+            response = await conn.send(data, sink, deadline)
         except BaseException:  # failed or cancelled mid-response: the connection is in an unknown state
             self._drop(conn)
             raise
@@ -356,9 +377,9 @@ class ConnectionPool:
             self._drop(conn)
         return response
 
-    async def _acquire(self) -> _Connection:
+    async def _acquire(self, *, fresh: bool = False) -> _Connection:
         oldest_usable = time.perf_counter() - self.keepalive_s
-        while self._idle:
+        while self._idle and not fresh:
             conn = self._idle.pop()
             if (
                 not conn.closed
