@@ -127,9 +127,6 @@ class _Connection(asyncio.Protocol):
         except Exception as exc:  # a sink's error or a protocol violation fails the request
             self._fail(exc)
 
-    def eof_received(self) -> bool | None:
-        return None  # close the transport; connection_lost decides what the EOF means
-
     # the request
 
     def send(self, data: bytes, sink: BodySink | None, deadline: float) -> asyncio.Future[Response]:
@@ -254,7 +251,7 @@ class _Connection(asyncio.Protocol):
             end = eol + 2 + size
             if n < end + 2:
                 break  # the chunk is not all here yet
-            if buf[end : end + 2] != _CRLF:
+            if not buf.startswith(_CRLF, end):
                 raise ResponseProtocolError("chunk data not followed by CRLF")
             self._emit(buf[eol + 2 : end], ts)
             pos = end + 2
