@@ -32,7 +32,14 @@ def _sim(args: list[str]) -> int:
         path = SimTokenizer().save_hf(args[1])
         print(f"wrote the simulated engine's tokenizer to {path} (tokenizer.json, tokenizer_config.json)")
         return 0
-    print("usage: llmperf sim serve [OPTIONS] | llmperf sim tokenizer DIR", file=sys.stderr)
+    usage = (
+        "usage: llmperf sim serve [OPTIONS]    run the simulated engine (see llmperf sim serve --help)\n"
+        "       llmperf sim tokenizer DIR      write its tokenizer as a Hugging Face tokenizer directory"
+    )
+    if args[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return 0
+    print(usage, file=sys.stderr)
     return 2
 
 
@@ -41,7 +48,11 @@ def _bench(args: list[str]) -> int:
 
     if args[:1] == ["serve"]:
         return bench_main(args[1:])
-    print("usage: llmperf bench serve [OPTIONS]", file=sys.stderr)
+    usage = "usage: llmperf bench serve [OPTIONS]    a drop-in for vllm bench serve (see llmperf bench serve --help)"
+    if args[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return 0
+    print(usage, file=sys.stderr)
     return 2
 
 

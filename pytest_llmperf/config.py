@@ -28,6 +28,7 @@ A bad file raises :class:`ConfigError` naming the file, the entry and the field.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import sys
@@ -217,7 +218,9 @@ class Workload(_Strict):
     ignore_eos: bool = False
     num_warmups: int = Field(0, ge=0)
     timeout_s: float = Field(3600.0, gt=0)
-    stall_timeout_s: float = Field(120.0, gt=0)
+    stall_timeout_s: float = Field(120.0, gt=0)  # one stream without a byte this long fails
+    # no byte on any open stream this long: the engine has stalled; the run stops and its requests fail
+    server_stall_timeout_s: float = Field(30.0, gt=0)
     markers: tuple[str, ...] = ()
 
     _id = field_validator("id")(_check_id)
@@ -332,8 +335,33 @@ def load_matrix(path: str | Path) -> Matrix:
     except ValidationError as exc:
         lines = [f"{path}: invalid matrix ({exc.error_count()} error(s))"]
         for err in exc.errors():
-            lines.append(f"  {_describe_location(data, tuple(err['loc']))}: {err['msg']}")
+            lines.append(f"  {_describe_location(data, tuple(err['loc']))}: {err['msg']}{_near_name(err)}")
         raise ConfigError("\n".join(lines)) from None
+
+
+_MODELS: dict[str, type[BaseModel]] = {
+    "engines": EngineConfig,
+    "workloads": Workload,
+    "defaults": MatrixDefaults,
+    "gate": GateSettings,
+    "sim": SimOptions,
+    "unsupported": Unsupported,
+    "speculative": Speculative,
+}
+
+
+def _near_name(err: Any) -> str:
+    """For an unknown field, the known field it is likely a typo of: ``max_num_seq`` -> ``max_num_seqs``."""
+    if err.get("type") != "extra_forbidden":
+        return ""
+    loc = [k for k in err["loc"] if isinstance(k, str)]
+    if not loc:
+        return ""
+    owner = Matrix if len(loc) == 1 else _MODELS.get(loc[-2])
+    if owner is None:
+        return ""
+    close = difflib.get_close_matches(loc[-1], list(owner.model_fields), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def expand_cases(matrix: Matrix, path: Path) -> list[Case]:

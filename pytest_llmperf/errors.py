@@ -10,7 +10,8 @@
         ├── ServerStartupError     exited before it became ready (class unknown)
         │   ├── UnsupportedConfigError   the engine rejected the configuration (its reason in the message)
         │   ├── ServerOutOfMemoryError   the engine ran out of (GPU) memory
-        │   └── ServerCrashError         the engine crashed (a traceback, a dead scheduler or worker)
+        │   ├── ServerCrashError         the engine crashed (a traceback, a dead scheduler or worker)
+        │   └── ServerPortInUseError     its port is held by another process (never benchmarked)
         └── ServerTimeoutError     did not become ready within its start-up timeout
 
 Every message names the thing at fault and the next step a user can take.
@@ -26,6 +27,7 @@ __all__ = [
     "ServerCrashError",
     "ServerError",
     "ServerOutOfMemoryError",
+    "ServerPortInUseError",
     "ServerStartupError",
     "ServerTimeoutError",
     "UnsupportedConfigError",
@@ -98,6 +100,12 @@ class ServerCrashError(ServerStartupError):
     """The engine crashed at start-up."""
 
     kind = "crash"
+
+
+class ServerPortInUseError(ServerStartupError):
+    """The server's port is held by another process: before launch, or the engine could not bind it."""
+
+    kind = "port in use"
 
 
 class ServerTimeoutError(ServerError):

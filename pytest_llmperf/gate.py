@@ -30,6 +30,7 @@ __all__ = [
     "compare_metric",
     "compare_samples",
     "format_failure",
+    "headline",
     "higher_is_better",
     "overall_verdict",
 ]
@@ -197,6 +198,15 @@ def overall_verdict(rows: Sequence[MetricVerdict]) -> Verdict:
     if any(r.verdict == "INCONCLUSIVE" for r in gated):
         return "INCONCLUSIVE"
     return "PASS"
+
+
+def headline(rows: Sequence[MetricVerdict]) -> str:
+    """The regressed metrics in one short line (``output_throughput -23.0%, mean_tpot_ms +29.9%``): the first
+    line of a failure, which is what pytest's short summary shows."""
+    return (
+        ", ".join(f"{r.metric} {r.change:+.1%}" for r in rows if r.verdict == "FAIL" and r.change is not None)
+        or "see below"
+    )
 
 
 def format_failure(rows: Sequence[MetricVerdict]) -> str:

@@ -27,11 +27,11 @@ from pytest_llmperf.fixtures import (
     llmperf_workload,
 )
 from pytest_llmperf.hardware import REQUIREMENTS, missing_hardware
-from pytest_llmperf.report import ResultCollector
+from pytest_llmperf.report import PERF_TEST_PROPERTY, ResultCollector
 from pytest_llmperf.report_files import copy_logs
-from pytest_llmperf.session import build_session, session_key
+from pytest_llmperf.session import build_session, lock_baseline_dir, session_key
 from pytest_llmperf.sharding import parse_shard, shard_of
-from pytest_llmperf.xdist_support import groups_file_for, make_scheduler, write_groups
+from pytest_llmperf.xdist_support import groups_file_for, make_scheduler, remove_stale_groups_files, write_groups
 
 __all__ = [
     "llmperf_bench",
@@ -160,6 +160,8 @@ def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     state = build_session(config)  # raises pytest.UsageError with the fix for bad options
+    if state.update and not hasattr(config, "workerinput"):  # the controller locks for its workers too
+        state.lock_fd = lock_baseline_dir(state.baseline_dir)
     config.stash[session_key] = state
     config.pluginmanager.register(ResultCollector(state), "llmperf-results")
     if not hasattr(config, "workerinput") and config.get_verbosity() >= 0:
@@ -175,6 +177,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """pytest-xdist (controller): with the default --dist load, keep each engine config on one worker."""
     if config.getoption("dist", "no") not in ("load", "loadgroup"):
         return None
+    remove_stale_groups_files()  # left by controllers that were killed
     return make_scheduler(config, log, groups_file_for(config.stash[session_key].run_id))
 
 
@@ -200,6 +203,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         error = ""
     if error:  # raised outside the except block: no chained traceback in the report
         pytest.fail(error, pytrace=False)
+    registered = {line.split(":")[0].split("(")[0].strip() for line in metafunc.config.getini("markers")}
+    for name in dict.fromkeys(m for case in cases for m in case.markers):
+        if name not in registered:  # a matrix's markers are declared by the matrix: also under --strict-markers
+            metafunc.config.addinivalue_line("markers", f"{name}: declared in {state.relative(path)}")
     params = [
         pytest.param(
             case,
@@ -266,7 +273,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     state = session.config.stash[session_key]
     paths = sorted({str(baseline_path_for(item, case, state)) for item in session.items if (case := _case(item))})
-    Path(target).write_text(json.dumps(paths, indent=1))
+    # the baseline folders of the test modules collected: `llmperf baselines prune` touches nothing outside them
+    modules = sorted({str(Path(p).parent.parent) for p in paths})
+    Path(target).write_text(json.dumps({"baselines": paths, "modules": modules}, indent=1))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """Tag the reports of perf tests, so that the controller (also of an xdist run) can sum up their skips."""
+    outcome = yield
+    if _case(item) is not None:
+        outcome.get_result().user_properties.append((PERF_TEST_PROPERTY, "1"))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -282,9 +299,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if state is None:
         return
     state.pool.close()
-    state.flush_baselines()
     if state.report_dir is not None:
-        copy_logs(state.report_dir, sorted(state.pool.log_paths))
+        copy_logs(state.report_dir, sorted(state.pool.log_paths), state.pool.secrets)
     if not hasattr(session.config, "workerinput"):
         groups_file_for(state.run_id).unlink(missing_ok=True)
 
@@ -293,3 +309,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(session_key, None)
     if state is not None:
         state.pool.close()
+        if state.lock_fd is not None:
+            os.close(state.lock_fd)  # releases the baseline folder's lock
+            state.lock_fd = None

@@ -13,10 +13,18 @@ from tabulate import tabulate
 from pytest_llmperf.report_files import write_session
 from pytest_llmperf.session import LlmperfSession
 
-__all__ = ["CALIBRATION_PROPERTY", "RESULT_PROPERTY", "ResultCollector", "calibration_table", "summary_table"]
+__all__ = [
+    "CALIBRATION_PROPERTY",
+    "PERF_TEST_PROPERTY",
+    "RESULT_PROPERTY",
+    "ResultCollector",
+    "calibration_table",
+    "summary_table",
+]
 
 RESULT_PROPERTY = "llmperf"
 CALIBRATION_PROPERTY = "llmperf_calibration"
+PERF_TEST_PROPERTY = "llmperf.perf_test"
 
 _ORDER = {"FAIL": 0, "NEW": 1, "INCONCLUSIVE": 2, "PASS": 3}
 
@@ -62,8 +70,13 @@ class ResultCollector:
 
     def __init__(self, state: LlmperfSession) -> None:
         self.state = state
+        self.skips: dict[str, int] = {}  # reason -> perf tests skipped for it
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.skipped and any(name == PERF_TEST_PROPERTY for name, _ in report.user_properties):
+            longrepr = report.longrepr
+            reason = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr).removeprefix("Skipped: ")
+            self.skips[reason] = self.skips.get(reason, 0) + 1
         if report.when != "call":
             return
         for name, value in report.user_properties:
@@ -92,6 +105,10 @@ class ResultCollector:
             )
             for path in written:
                 terminalreporter.write_line(f"llmperf: wrote {path}")
+        if self.skips:  # the reasons that matter, without -rs: what is missing and the option that runs them
+            terminalreporter.write_sep("=", f"llmperf: {sum(self.skips.values())} perf test(s) skipped")
+            for reason, count in sorted(self.skips.items(), key=lambda kv: -kv[1]):
+                terminalreporter.write_line(f"{count} x {reason}", yellow=True)
         if not state.results:
             return
         tr = terminalreporter
@@ -108,8 +125,26 @@ class ResultCollector:
                 "PASS": {"green": True},
             }.get(verdict, {})
             tr.write_line(line, **markup)
-        for path in state.written:
-            tr.write_line(f"llmperf: wrote baseline {state.relative(path)}")
+        tr.write_line("p: one-sided t-test p-value, computed only for a change beyond its tolerance ('-' within it)")
+        for line in result_notes(state.results):  # notes people act on: a stale baseline, a new engine version
+            tr.write_line(line, yellow=True)
+        # from the records, so that the controller of an xdist run names what its workers wrote
+        for rec in state.results:
+            if rec.get("updated"):
+                tr.write_line(f"llmperf: wrote baseline {rec['baseline']}")
+
+
+def result_notes(records: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per note of a test (allowed differences from its baseline) or of a gated metric (a large
+    improvement: the baseline may be stale)."""
+    lines = []
+    for rec in sorted(records, key=lambda r: str(r["case"])):
+        for note in rec.get("notes", []):
+            lines.append(f"note: [{rec['case']}] {note}")
+        for row in rec["rows"]:
+            if row["gated"] and row["note"] and row["verdict"] == "PASS":
+                lines.append(f"note: [{rec['case']}] {row['metric']} {row['change']:+.1%}: {row['note']}")
+    return lines
 
 
 def suggested_tolerance(cv: float) -> float:

@@ -1,6 +1,6 @@
-"""``llmperf report DIR [DIR ...]``: one summary, one study view and one exit code over result folders.
+"""llmperf report DIR [DIR ...]: one summary, one study view and one exit code over result folders.
 
-A folder is a ``--llmperf-report-dir`` of one run or of one shard (``summary.json``), or a folder of
+A folder is a --llmperf-report-dir of one run or of one shard (summary.json), or a folder of
 baseline files (the suite's published results, for instance). Several folders are merged; a folder
 that is missing, or a shard that did not write its summary, is named and makes the exit code 2.
 Exit code 1 when any merged test regressed.
@@ -143,9 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         "default: perf_tests when it exists)",
     )
     ap.add_argument("--workload", default="sharegpt", help="the reference workload of the study view")
-    ap.add_argument("--out", type=Path, default=None, help="Markdown file to write (default: llmperf-report.md)")
-    ap.add_argument("--plot", action="store_true", help="also draw PNG charts (needs the 'plot' extra)")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="also write the report as Markdown to this file (default: print only)"
+    )
+    ap.add_argument(
+        "--plot", action="store_true", help="also draw PNG charts beside the --out file (needs the 'plot' extra)"
+    )
     args = ap.parse_args(argv)
+    if args.plot and args.out is None:
+        ap.error("--plot writes its PNG files beside the report: give --out FILE (e.g. --out report/study.md)")
     matrix = args.matrix or (Path("perf_tests") if Path("perf_tests").is_dir() else None)
     problems: list[str] = []
     records: list[dict[str, Any]] = []
@@ -188,11 +194,19 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(study)
     parts.append(study)
-    out = args.out or Path("llmperf-report.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(parts))
-    print(f"llmperf report: wrote {out}")
-    if args.plot:
+    present = sorted({e.workload for e in entries})
+    if entries and args.workload not in present:
+        print(
+            f"llmperf report: no result of workload {args.workload!r}, the study view's reference; the workloads "
+            f"here are {', '.join(present)}: pass --workload NAME",
+            file=sys.stderr,
+        )
+    out = args.out
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(parts))
+        print(f"llmperf report: wrote {out}")
+    if args.plot and out is not None:
         try:
             for path in plot(view, entries, out.parent):
                 print(f"llmperf report: wrote {path}")

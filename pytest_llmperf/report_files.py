@@ -15,15 +15,15 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pytest_llmperf import __version__
+from pytest_llmperf.redact import MASK, redact_argv, redact_text
 
 __all__ = ["SUMMARY_SCHEMA_VERSION", "copy_logs", "markdown_summary", "write_run", "write_session"]
 
@@ -32,7 +32,7 @@ _ORDER = {"FAIL": 0, "NEW": 1, "INCONCLUSIVE": 2, "PASS": 3}
 
 
 def write_run(report_dir: Path, case: str, index: int, data: dict[str, Any]) -> Path:
-    path = report_dir / "results" / case / f"run-{index}.json"
+    path = report_dir / "results" / case / f"run-{index}.json"  # pooled as one case by `llmperf compare`
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data) + "\n")
     return path
@@ -80,7 +80,7 @@ def _environment(gpus: Any) -> dict[str, Any]:
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "gpus": gpus,
-        "argv": sys.argv,
+        "argv": redact_argv(sys.argv),  # --llmperf-base-url http://user:TOKEN@host must not be saved
     }
 
 
@@ -121,10 +121,14 @@ def write_session(
     return written
 
 
-def copy_logs(report_dir: Path, logs: Sequence[Path]) -> None:
-    """The logs of the servers this process launched (each xdist worker copies its own)."""
+def copy_logs(report_dir: Path, logs: Sequence[Path], secrets: Collection[str] = ()) -> None:
+    """The logs of the servers this process launched (each xdist worker copies its own), with the launches'
+    secrets and any URL credentials masked: an engine may print its own arguments and environment."""
     target = report_dir / "logs"
     for log in logs:
         if log.is_file():
             target.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(log, target / log.name)
+            text = redact_text(log.read_text(encoding="utf-8", errors="replace"))
+            for secret in sorted(secrets, key=len, reverse=True):
+                text = text.replace(secret, MASK)
+            (target / log.name).write_text(text, encoding="utf-8")

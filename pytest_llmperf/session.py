@@ -1,8 +1,9 @@
-"""Per-session plugin state, kept in ``config.stash``: options, the server pool, queued baseline writes."""
+"""Per-session plugin state, kept in ``config.stash``: options, the server pool, the baseline-folder lock."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import sys
@@ -13,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from pytest_llmperf.baseline import Baseline, write_baseline
 from pytest_llmperf.config import Matrix, load_matrix
 from pytest_llmperf.engines.pool import RunningServer, ServerPool
 from pytest_llmperf.hardware import Gpu, detect_gpus
@@ -48,9 +48,9 @@ class LlmperfSession:
     capture_disabled: Any = contextlib.nullcontext
     _gpus: list[Gpu] | None = None
     _gpus_detected: bool = False
-    pending: dict[Path, Baseline] = field(default_factory=dict)
-    written: list[Path] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
+    lock_fd: int | None = None  # holds the baseline folder's lock while refreshing
+    baseline_dir_option: str | None = None  # --llmperf-baseline-dir as given (for the commands the plugin prints)
     _matrices: dict[Path, Matrix] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     run_id: str = field(default_factory=lambda: f"{os.getpid()}-{time.time_ns()}")
@@ -94,15 +94,9 @@ class LlmperfSession:
             self._matrices[path] = load_matrix(path)
         return self._matrices[path]
 
-    def queue_baseline(self, path: Path, baseline: Baseline) -> None:
-        self.pending[path] = baseline
-
-    def flush_baselines(self) -> None:
-        """Write every queued baseline, once, at session end (each atomically)."""
-        for path, baseline in sorted(self.pending.items()):
-            write_baseline(path, baseline)
-            self.written.append(path)
-        self.pending.clear()
+    @property
+    def sim_slowdown(self) -> float:
+        return self.pool.sim_slowdown
 
     def relative(self, path: Path) -> str:
         try:
@@ -112,6 +106,34 @@ class LlmperfSession:
 
 
 session_key = pytest.StashKey[LlmperfSession]()
+
+
+def _lock_holders(folder: Path) -> str:
+    """Who holds a lock on ``folder`` (from /proc/locks), for the message."""
+    try:
+        inode = os.stat(folder).st_ino
+        with open("/proc/locks", encoding="ascii") as f:
+            pids = [line.split()[4] for line in f if line.split()[5].endswith(f":{inode}")]
+    except (OSError, IndexError):
+        return ""
+    return f" (pid {', '.join(dict.fromkeys(pids))})" if pids else ""
+
+
+def lock_baseline_dir(folder: Path) -> int:
+    """An exclusive lock on the baseline folder for a refreshing session, so that two sessions never both
+    rewrite it (the last writer would silently win). Returns the descriptor that holds the lock."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise pytest.UsageError(
+            f"--llmperf-update-baselines: another pytest session is refreshing baselines in {folder}"
+            f"{_lock_holders(folder)}. Wait for it to finish, or refresh into another folder with "
+            "--llmperf-baseline-dir DIR."
+        ) from None
+    return fd
 
 
 UPDATE_MODES = ("failing", "all")
@@ -215,6 +237,7 @@ def build_session(config: pytest.Config) -> LlmperfSession:
         calibrate=bool(config.getoption("llmperf_calibrate")),
         shard=shard,
         other_hardware=config.getoption("llmperf_on_other_hardware"),
+        baseline_dir_option=config.getoption("llmperf_baseline_dir"),
         report_dir=Path(config.getoption("llmperf_report_dir")).resolve()
         if config.getoption("llmperf_report_dir")
         else None,

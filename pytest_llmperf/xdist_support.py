@@ -14,11 +14,27 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["groups_file_for", "make_scheduler", "write_groups"]
+from pytest_llmperf.pids import pid_alive
+
+__all__ = ["groups_file_for", "make_scheduler", "remove_stale_groups_files", "write_groups"]
+
+_PREFIX = "llmperf-xdist-groups-"
 
 
 def groups_file_for(testrunuid: str) -> Path:
-    return Path(tempfile.gettempdir()) / f"llmperf-xdist-groups-{testrunuid}.json"
+    """The map's file; ``testrunuid`` starts with the controller's pid (see ``LlmperfSession.run_id``)."""
+    return Path(tempfile.gettempdir()) / f"{_PREFIX}{testrunuid}.json"
+
+
+def remove_stale_groups_files() -> list[Path]:
+    """Remove the maps of controllers that died without their session's end (SIGKILL)."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*.json"):
+        pid = path.name[len(_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def write_groups(path: Path, groups: dict[str, str]) -> None:

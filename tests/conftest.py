@@ -12,6 +12,16 @@ from pytest_llmperf.engines import LaunchSpec, ServerProcess, free_port, render_
 
 StartSim = Callable[..., ServerProcess]
 
+# pytester for the plugin's own tests only (an initial conftest of `pytest tests` may load plugins): the suites
+# under perf_tests/ and their --help stay free of --runpytest and --lsof
+pytest_plugins = ("pytester",)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # the pytester runs are real subprocesses: what a user's `pytest` invocation is
+    if config.getoption("runpytest") == "inprocess":
+        config.option.runpytest = "subprocess"
+
 
 @pytest.fixture
 def start_sim(tmp_path: Path) -> Iterator[StartSim]:

@@ -1,4 +1,10 @@
-"""What several test modules share: the perf test module the pytester-based tests write, and a /proc check."""
+"""What several test modules share: the perf test module the pytester-based tests write, a /proc check, and a
+pytest run whose output lines carry the time they arrived."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 PERF_TEST = """
 import pytest
@@ -19,3 +25,19 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def stamped_pytest(cwd: Path, *args: str) -> list[tuple[float, str]]:
+    """Run ``pytest *args`` unbuffered in ``cwd``; each output line with the seconds since the start when it came."""
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    t0 = time.monotonic()
+    stamped = [(time.monotonic() - t0, line.rstrip()) for line in proc.stdout]
+    proc.wait(timeout=10)
+    return stamped

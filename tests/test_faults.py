@@ -72,7 +72,11 @@ stall_timeout_s = 1.0
             id="http-500",
         ),
         pytest.param(
-            ["--malformed-rate", "0.4"], 30, "failed", ["failed requests: ", "JSONDecodeError"], id="malformed-sse"
+            ["--malformed-rate", "0.4"],
+            30,
+            "failed",
+            ["failed requests: ", "malformed SSE event in the server's stream (JSONDecodeError"],
+            id="malformed-sse",
         ),
         pytest.param(
             ["--reset-rate", "0.4"], 30, "failed", ["failed requests: ", "ConnectionClosedError"], id="connection-reset"

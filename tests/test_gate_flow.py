@@ -125,7 +125,9 @@ def test_prune_lists_and_removes_only_baselines_no_test_matches(pytester: pytest
     dry = subprocess.run([*cli, "--dry-run"], cwd=pytester.path, capture_output=True, text=True)
     assert "would remove baselines/test_perf/test_serving/gone-config-decode.json" in dry.stdout
     assert stale.exists()
-    real = subprocess.run(cli, cwd=pytester.path, capture_output=True, text=True)
+    listed = subprocess.run(cli, cwd=pytester.path, capture_output=True, text=True)  # listing is the default
+    assert "re-run with --yes to remove them" in listed.stdout and stale.exists()
+    real = subprocess.run([*cli, "--yes"], cwd=pytester.path, capture_output=True, text=True)
     assert "1 stale baseline(s) of 1 expected" in real.stdout
     assert not stale.exists() and (stale.parent / "engine-decode.json").exists()
 
@@ -160,7 +162,8 @@ def test_compare_two_result_sets_exits_nonzero_on_regression(tmp_path: Path) -> 
     assert bad.returncode == 1
     assert "openai-chat-infqps-model" in bad.stdout and "FAIL" in bad.stdout
     assert "1 case(s) compared, 1 regressed: openai-chat-infqps-model" in bad.stdout
-    none = run_cli("compare", "old", "nowhere", cwd=tmp_path)
+    (tmp_path / "empty").mkdir()
+    none = run_cli("compare", "old", "empty", cwd=tmp_path)
     assert none.returncode == 2 and "no case in common" in none.stderr
 
 

@@ -126,7 +126,7 @@ def test_update_records_baselines_then_the_suite_passes_and_prints_the_table(sui
     files = baseline_files(suite)
     assert [f.name for f in files] == ["fast-tiny-completions.json", "fast-tiny.json"]
     data = json.loads(files[1].read_text())
-    assert data["schema_version"] == 1 and data["provenance"]["source"] == "measured"
+    assert data["schema_version"] == 2 and data["provenance"]["source"] == "measured"
     assert len(data["metrics"]["output_throughput"]) == 2  # raw per-run samples, one per repeat
     assert data["engine"]["version"].startswith("llmperf-sim-") and data["hardware"]["kind"] == "simulated"
 
@@ -158,8 +158,10 @@ def test_regression_fails_the_item_naming_metrics_and_update_accepts_it(suite: p
     slow.assert_outcomes(failed=1)
     has_lines(
         slow,
-        "[fast-tiny] performance regression against baselines/test_perf/test_serving/fast-tiny.json:",
-        "If this change is intended, re-run with --llmperf-update-baselines to accept it.",
+        "[fast-tiny] performance regression: total_token_throughput -",
+        "against baselines/test_perf/test_serving/fast-tiny.json:",
+        "If this change is intended, re-run with --llmperf-update-baselines to accept it:",
+        "    pytest 'test_perf.py::test_serving[fast-tiny]' --llmperf-sim-slowdown 2 --llmperf-update-baselines",
         "FAILED test_perf.py::test_serving[fast-tiny] - ",
     )
     slow.stdout.re_match_lines(
@@ -200,9 +202,10 @@ def test_corrupt_and_unknown_version_baselines_fail_with_the_fix(suite: pytest.P
         result,
         "[fast-tiny-completions] baseline file baselines/test_perf/test_serving/fast-tiny-completions.json "
         "is not valid JSON",
-        "delete it and re-run with --llmperf-update-baselines",
+        "Re-record it (replaces the file): pytest 'test_perf.py::test_serving[fast-tiny-completions]' "
+        "--llmperf-update-baselines",
         "[fast-tiny] baseline file baselines/test_perf/test_serving/fast-tiny.json has schema_version 7; "
-        "this pytest-llmperf reads version 1",
+        "this pytest-llmperf reads versions 1, 2. It was written by a newer pytest-llmperf",
     )
     assert "Traceback" not in result.stdout.str() and "During handling" not in result.stdout.str()
 

@@ -9,6 +9,7 @@ configurations by the study's headings; the script stops if a block cannot be pl
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -102,6 +103,9 @@ def placed_blocks(text: str) -> list[tuple[str, str, str, dict[str, float]]]:
     return out
 
 
+SHAREGPT_FILE = "ShareGPT_V3_unfiltered_cleaned_split.json"
+
+
 def main(study_path: str) -> int:
     text = Path(study_path).read_text(encoding="utf-8")
     matrix = load_matrix(MATRIX)
@@ -124,7 +128,9 @@ def main(study_path: str) -> int:
                 "model": cfg.model,
                 "command": canonical_command(cfg),
             },
-            workload=workloads[workload_id].model_dump(mode="json", exclude={"markers"}),
+            workload=json.loads(workloads[workload_id].model_dump_json(exclude={"markers"})),
+            # the study names the file it used, not its content's hash: compared by name
+            dataset={"name": SHAREGPT_FILE} if workloads[workload_id].dataset == "sharegpt" else None,
             hardware={"kind": "host", "gpus": "8x NVIDIA H200"},
             provenance=Provenance(
                 date="not stated in the study",

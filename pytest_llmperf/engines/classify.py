@@ -13,6 +13,7 @@ from pathlib import Path
 from pytest_llmperf.errors import (
     ServerCrashError,
     ServerOutOfMemoryError,
+    ServerPortInUseError,
     ServerStartupError,
     UnsupportedConfigError,
 )
@@ -37,6 +38,12 @@ _OOM = [
     r"KV cache is needed, which is larger than the available KV cache memory",
     r"Not enough memory",
 ]
+_PORT_IN_USE = [
+    r"(?i)address already in use",
+    r"\[Errno 98\]",
+    r"(?i)port \d* ?is already in use",
+    r"EADDRINUSE",
+]
 _CRASH = [
     r"Scheduler hit an exception",
     r"scheduler is dead",
@@ -51,7 +58,8 @@ def _compiled(kind: Kind, patterns: list[str]) -> list[tuple[Kind, re.Pattern[st
 
 
 PATTERNS: list[tuple[Kind, re.Pattern[str]]] = (
-    _compiled(UnsupportedConfigError, _UNSUPPORTED_COMMON)
+    _compiled(ServerPortInUseError, _PORT_IN_USE)  # a bind failure's traceback is no crash of the engine
+    + _compiled(UnsupportedConfigError, _UNSUPPORTED_COMMON)
     + _compiled(ServerOutOfMemoryError, _OOM)
     + _compiled(ServerCrashError, _CRASH)
     # generic wordings last, so that a specific cause always wins

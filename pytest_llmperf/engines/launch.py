@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass, field
 
 from pytest_llmperf.config import EngineConfig
+from pytest_llmperf.redact import redact_argv, redact_env
 
 __all__ = ["LaunchSpec", "canonical_command", "engine_prefix", "parse_version", "render_launch", "simulate_launch"]
 
@@ -39,9 +40,10 @@ class LaunchSpec:
     env: dict[str, str] = field(default_factory=dict)
 
     def shell(self) -> str:
-        """The command as a user would type it, environment first."""
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
-        cmd = shlex.join(self.argv)
+        """The command as a user would type it, environment first; secrets (``HF_TOKEN``, ``--api-key``,
+        URL credentials) masked, since this text goes into logs, results and baselines."""
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(redact_env(self.env).items()))
+        cmd = shlex.join(redact_argv(self.argv))
         return f"{env} {cmd}" if env else cmd
 
 
@@ -249,7 +251,7 @@ def simulate_launch(
     return LaunchSpec(cfg.id, tuple(argv), dict(real.env))
 
 
-def canonical_command(cfg: EngineConfig) -> str:
+def canonical_command(cfg: EngineConfig, *, sim_slowdown: float = 1.0) -> str:
     """The command recorded with results: as a user types it (no port chosen at launch), ``python``
-    for the interpreter of the simulated engine."""
-    return render_launch(cfg, python="python").shell()
+    for the interpreter of the simulated engine, at the session's simulated slowdown."""
+    return render_launch(cfg, python="python", sim_slowdown=sim_slowdown).shell()

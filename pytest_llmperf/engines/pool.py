@@ -11,16 +11,17 @@ from pathlib import Path
 import httpx
 
 from pytest_llmperf.config import EngineConfig
-from pytest_llmperf.engines.classify import read_log
 from pytest_llmperf.engines.launch import LaunchSpec, render_launch, simulate_launch
-from pytest_llmperf.engines.process import ServerProcess, free_port, tail
-from pytest_llmperf.errors import ServerError, ServerStartupError, ServerTimeoutError
+from pytest_llmperf.engines.process import ServerProcess, free_port
+from pytest_llmperf.errors import ServerError, ServerPortInUseError, ServerStartupError, ServerTimeoutError
 from pytest_llmperf.hardware import Gpu, gpu_memory_used_mib, gpu_slice
+from pytest_llmperf.redact import redact_text, secret_values
 
 __all__ = ["RunningServer", "ServerPool", "engine_version"]
 
 PORT_RETRIES = 3
-_ADDRESS_IN_USE = ("address already in use", "errno 98", "port is already in use")
+EXTERNAL_WAIT_S = 120.0  # an external server that answers, but not yet with a generation
+EXTERNAL_REFUSED_S = 10.0  # an external server that refuses connections this long is down
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,7 @@ class RunningServer:
         proc = self.process
         if proc is not None and not proc.alive():
             code = proc.proc.returncode if proc.proc is not None else "?"
-            raise ServerError(
-                f"[{self.config.id}] the server died during the benchmark (exit code {code})",
-                config_id=self.config.id,
-                log_path=str(self.log_path),
-                log_tail=tail(self.log_path),
-            )
+            raise proc.error(ServerError, f"the server died during the benchmark (exit code {code})")
 
 
 def engine_version(base_url: str) -> str | None:
@@ -86,11 +82,10 @@ class ServerPool:
         self.gpus = gpus
         self._servers: dict[str, tuple[ServerProcess | None, RunningServer]] = {}
         self._failed: dict[str, ServerError] = {}
+        self._down_urls: dict[str, str] = {}  # external URLs found down: later configs fail at once
         self.launches: dict[str, int] = {}
         self.log_paths: set[Path] = set()
-
-    def failure(self, config_id: str) -> ServerError | None:
-        return self._failed.get(config_id)
+        self.secrets: set[str] = set()  # the launches' secret values: masked in the logs' copies
 
     def acquire(self, cfg: EngineConfig) -> RunningServer:
         if cfg.id in self._failed:
@@ -101,11 +96,8 @@ class ServerPool:
             if proc is None or proc.alive():
                 return running
             del self._servers[cfg.id]
-            err = ServerError(
-                f"[{cfg.id}] server died while in use (exit code {proc.proc.returncode if proc.proc else '?'})",
-                config_id=cfg.id,
-                log_path=str(proc.log_path),
-                log_tail=tail(proc.log_path),
+            err = proc.error(
+                ServerError, f"server died while in use (exit code {proc.proc.returncode if proc.proc else '?'})"
             )
             proc.stop()
             self._failed[cfg.id] = err
@@ -123,7 +115,15 @@ class ServerPool:
 
     def _external(self, cfg: EngineConfig) -> RunningServer:
         url = str(self._endpoint(cfg)).rstrip("/")
-        deadline = time.monotonic() + min(cfg.startup_timeout_s, 120.0)
+        shown = redact_text(url)
+        if url in self._down_urls:
+            raise ServerTimeoutError(
+                f"[{cfg.id}] the external server at {shown} is down ({self._down_urls[url]}, found by an earlier "
+                "test of this session). Start it, or check --llmperf-base-url / --llmperf-endpoints.",
+                config_id=cfg.id,
+            )
+        t0 = time.monotonic()
+        deadline = t0 + min(cfg.startup_timeout_s, EXTERNAL_WAIT_S)
         body = {"model": cfg.request_model, "prompt": "ready", "max_tokens": 1}
         last = ""
         with httpx.Client(timeout=30.0, trust_env=False) as client:
@@ -135,7 +135,7 @@ class ServerPool:
                             cfg,
                             url,
                             cfg.request_model,
-                            f"external: {url}",
+                            f"external: {shown}",
                             Path(os.devnull),
                             engine_version(url),
                             None,
@@ -144,11 +144,16 @@ class ServerPool:
                     last = f"HTTP {r.status_code}: {r.text[:300]}"
                     if r.status_code in (400, 404, 422):
                         break
+                except httpx.ConnectError as exc:
+                    last = f"{type(exc).__name__}: {exc}"
+                    if time.monotonic() - t0 > EXTERNAL_REFUSED_S:  # nothing listens: it is down, not loading
+                        self._down_urls[url] = last
+                        break
                 except httpx.HTTPError as exc:
                     last = f"{type(exc).__name__}: {exc}"
                 time.sleep(1.0)
         raise ServerTimeoutError(
-            f"[{cfg.id}] the external server at {url} did not complete a one-token generation for model "
+            f"[{cfg.id}] the external server at {shown} did not complete a one-token generation for model "
             f"{cfg.request_model!r} ({last}). Check the endpoint mapping (--llmperf-endpoints) and the model name.",
             config_id=cfg.id,
         )
@@ -188,14 +193,17 @@ class ServerPool:
                 gpu_indices=indices,
                 gpu_baseline_mib=gpu_memory_used_mib(indices) if watch_gpu else None,
                 cwd=self.cwd,
+                fresh_log=cfg.id not in self.launches,  # a log per session: earlier sessions' launches are gone
             )
             self.launches[cfg.id] = self.launches.get(cfg.id, 0) + 1
             self.log_paths.add(log_path)
+            self.secrets |= secret_values(spec.argv, {**os.environ, **spec.env})
             try:
                 proc.start()
-            except ServerStartupError:
-                log = read_log(log_path, proc.log_offset).lower()
-                if attempt < PORT_RETRIES and cfg.port is None and any(s in log for s in _ADDRESS_IN_USE):
+            except ServerPortInUseError:
+                # a port the plugin chose was taken between the choice and the bind: choose again; a port
+                # the matrix fixes is the user's to free
+                if attempt < PORT_RETRIES and (cfg.port is None or self.simulate):
                     with open(log_path, "ab") as f:
                         f.write(f"### llmperf: port {port} was taken; retrying on another\n".encode())
                     continue

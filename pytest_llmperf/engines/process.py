@@ -11,17 +11,20 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from pytest_llmperf.engines.classify import classify, read_log
 from pytest_llmperf.engines.launch import LaunchSpec
-from pytest_llmperf.errors import ServerStartupError, ServerTimeoutError
+from pytest_llmperf.engines.ports import describe_holder, port_owner, port_taken
+from pytest_llmperf.errors import ServerError, ServerPortInUseError, ServerStartupError, ServerTimeoutError
 from pytest_llmperf.hardware import wait_for_gpu_memory
 
 __all__ = ["ServerProcess", "free_port", "group_members", "stop_all_servers"]
@@ -33,6 +36,35 @@ KILL_WAIT_S = 10.0
 LOG_TAIL_LINES = 40
 WARMUP_REQUESTS = 2
 WARMUP_TIMEOUT_S = 60.0
+READY_ERROR_REPEATS = 5  # the same HTTP 5xx answer this many times in a row ends the start-up wait
+WATCHDOG_GRACE_S = 3.0
+
+# The watchdog: a tiny process in its own session that holds the read end of a pipe whose write end only
+# pytest holds. When pytest dies, even by SIGKILL, the pipe reads EOF and the watchdog kills the server's
+# whole process group (the parent-death signal reaches only the direct child). b"x" disarms it.
+_WATCHDOG = """
+import os, signal, sys, time
+pgid, grace = int(sys.argv[1]), float(sys.argv[2])
+while True:
+    try:
+        data = os.read(0, 1)
+        break
+    except InterruptedError:
+        continue
+if data != b"x":
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except OSError:
+            break
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            try:
+                os.killpg(pgid, 0)
+            except OSError:
+                sys.exit(0)
+            time.sleep(0.05)
+"""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -63,12 +95,14 @@ def _set_parent_death_signal() -> None:  # runs in the child between fork and ex
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+def tail(path: Path, lines: int = LOG_TAIL_LINES, offset: int = 0) -> str:
+    """The last ``lines`` of the log from ``offset`` on (where this launch began: earlier launches of the
+    config, in this session or an earlier one, are not shown)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
+            f.seek(max(offset, size - 64 * 1024))
             data = f.read().decode(errors="replace")
     except OSError:
         return ""
@@ -90,6 +124,7 @@ class ServerProcess:
         gpu_indices: list[int] | None = None,
         gpu_baseline_mib: int | None = None,
         cwd: Path | None = None,
+        fresh_log: bool = False,
     ) -> None:
         self.spec = spec
         self.base_url = base_url
@@ -104,17 +139,51 @@ class ServerProcess:
         self.gpu_baseline_mib = gpu_baseline_mib  # GPU memory in use before launch, when nvidia-smi exists
         self.cwd = cwd  # relative paths in a config (a local model) are relative to the rootdir
         self.log_offset = 0
+        self.fresh_log = fresh_log  # the session's first launch of its config: the log starts empty
+        url = urlsplit(base_url)
+        self.host = url.hostname or "127.0.0.1"
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._watchdog_fd: int | None = None
+        self._last_answer = ""  # the last HTTP answer seen while waiting for readiness
+        self._repeats = 0
 
     @property
     def config_id(self) -> str:
         return self.spec.config_id
 
+    def log_tail(self) -> str:
+        return tail(self.log_path, offset=self.log_offset)
+
+    def error(self, kind: type[ServerError], message: str, matched: tuple[str, ...] = ()) -> ServerError:
+        """``kind`` for this server, carrying this launch's log tail (and the lines that identify the failure)."""
+        return kind(
+            f"[{self.config_id}] {message}",
+            config_id=self.config_id,
+            log_path=str(self.log_path),
+            log_tail=self.log_tail(),
+            matched=matched,
+            log_offset=self.log_offset,
+        )
+
+    def _port_in_use(self, message: str) -> ServerError:
+        return self.error(
+            ServerPortInUseError,
+            f"port {self.port} on {self.host} {message} ({describe_holder(self.host, self.port)}). "
+            "Nothing was benchmarked there. Stop that server, or leave 'port' unset in the matrix so that a "
+            "free port is chosen.",
+        )
+
     def start(self, *, should_stop: Callable[[], bool] | None = None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if port_taken(self.host, self.port):
+            raise self._port_in_use("is already in use before launch")
         env = dict(os.environ if self.env is None else self.env)
         env.update(self.spec.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        with open(self.log_path, "ab") as log:
+        if self.fresh_log:
+            self.log_path.write_bytes(b"")  # emptied, then opened for appending: the engine's writes and ours
+        with open(self.log_path, "ab") as log:  # (pid, stopped) must all append, never overwrite each other
             self.log_offset = log.tell()
             log.write(f"### llmperf: launching {self.spec.shell()}\n".encode())
             log.flush()
@@ -136,10 +205,11 @@ class ServerProcess:
                     config_id=self.config_id,
                 ) from None
         self.pgid = self.proc.pid
-        with open(self.log_path, "ab") as log:
-            log.write(f"### llmperf: server pid {self.proc.pid}, process group {self.pgid}\n".encode())
         with _LOCK:
             _LIVE.add(self)
+        self._start_watchdog()
+        with open(self.log_path, "ab") as log:
+            log.write(f"### llmperf: server pid {self.proc.pid}, process group {self.pgid}\n".encode())
         t0 = time.monotonic()
         try:
             self._wait_ready(t0)
@@ -148,6 +218,35 @@ class ServerProcess:
             raise
         self.startup_s = time.monotonic() - t0
         self._warm_up()
+
+    def _start_watchdog(self) -> None:
+        assert self.pgid is not None
+        read_fd, write_fd = os.pipe()
+        try:
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(self.pgid), str(WATCHDOG_GRACE_S)],
+                stdin=read_fd,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # not in the terminal's foreground group: Ctrl-C leaves it to us
+            )
+        except OSError:
+            os.close(write_fd)
+        else:
+            self._watchdog_fd = write_fd
+        finally:
+            os.close(read_fd)
+
+    def _stop_watchdog(self) -> None:
+        fd, self._watchdog_fd = self._watchdog_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(fd, b"x")
+            os.close(fd)
+        if self._watchdog is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._watchdog.wait(timeout=5.0)
+            self._watchdog = None
 
     def _warm_up(self, requests: int = WARMUP_REQUESTS) -> None:
         """A few short generations after readiness (first-request compilation, caches); results discarded."""
@@ -168,58 +267,72 @@ class ServerProcess:
                 code = self.proc.poll()
                 if code is not None:
                     kind, matched = classify(read_log(self.log_path, self.log_offset))
-                    raise kind(
-                        f"[{self.config_id}] {kind.kind}: server exited with code {code} before it became ready "
-                        f"(log: {self.log_path})",
-                        config_id=self.config_id,
-                        log_path=str(self.log_path),
-                        log_tail=tail(self.log_path),
-                        matched=matched,
-                        log_offset=self.log_offset,
+                    raise self.error(
+                        kind,
+                        f"{kind.kind}: server exited with code {code} before it became ready (log: {self.log_path})",
+                        matched,
                     )
-                if self._can_generate(client):
+                owner = self.owns_port()
+                if owner == "foreign":
+                    # another process took the port between the check and the engine's bind: the engine
+                    # will fail to bind; never probe (or benchmark) the server that answers there
+                    raise self._port_in_use("is held by another process, not by the launched server")
+                if owner != "none" and self._can_generate(client):
                     return
                 if time.monotonic() > deadline:
-                    raise ServerTimeoutError(
-                        f"[{self.config_id}] server did not become ready within {self.startup_timeout_s:g} s "
-                        f"(no completed one-token generation); raise startup_timeout_s in the matrix if it "
-                        f"needs longer (log: {self.log_path})",
-                        config_id=self.config_id,
-                        log_path=str(self.log_path),
-                        log_tail=tail(self.log_path),
-                        log_offset=self.log_offset,
+                    last = f"; last answer: {self._last_answer}" if self._last_answer else ""
+                    raise self.error(
+                        ServerTimeoutError,
+                        f"server did not become ready within {self.startup_timeout_s:g} s (no completed one-token "
+                        f"generation{last}); raise startup_timeout_s in the matrix if it needs longer "
+                        f"(log: {self.log_path})",
                     )
                 time.sleep(delay)
                 delay = min(delay * 1.5, 2.0)
 
+    def owns_port(self) -> str:
+        """Who listens on the server's port: ``ours`` (the launched process group), ``foreign``, ``none``,
+        or ``unknown`` where /proc cannot tell."""
+        if self.pgid is None:
+            return "none"
+        return port_owner(self.port, group_members(self.pgid))
+
     def _can_generate(self, client: httpx.Client) -> bool:
         try:
-            if client.get(self.base_url + "/health").status_code != 200:
+            health = client.get(self.base_url + "/health")
+            if health.status_code != 200:
+                self._note_answer("GET /health", health)
                 return False
             body: dict[str, Any] = {"model": self.model, "prompt": "ready", "max_tokens": 1}
             r = client.post(self.base_url + "/v1/completions", json=body)
         except httpx.HTTPError:
             return False
         if r.status_code in (400, 404, 422):  # the request is wrong, not the server slow: waiting will not help
-            raise ServerStartupError(
-                f"[{self.config_id}] the server is up but rejects a one-token generation for model "
-                f"{self.model!r} with HTTP {r.status_code}: {r.text[:300]} (check model / served_model_name)",
-                config_id=self.config_id,
-                log_path=str(self.log_path),
-                log_tail=tail(self.log_path),
-                log_offset=self.log_offset,
+            raise self.error(
+                ServerStartupError,
+                f"the server is up but rejects a one-token generation for model {self.model!r} with HTTP "
+                f"{r.status_code}: {r.text[:300]} (check model / served_model_name)",
             )
-        return r.status_code == 200
+        if r.status_code != 200:
+            self._note_answer("POST /v1/completions", r)
+            return False
+        return True
+
+    def _note_answer(self, what: str, r: httpx.Response) -> None:
+        """Remember a failing answer; the same server error (5xx but 503, which means 'loading') several
+        times in a row ends the wait: an engine that answers 500 to every generation will not recover."""
+        answer = f"{what} -> HTTP {r.status_code}: {r.text[:300]}"
+        self._repeats = self._repeats + 1 if answer == self._last_answer else 1
+        self._last_answer = answer
+        if r.status_code >= 500 and r.status_code != 503 and self._repeats >= READY_ERROR_REPEATS:
+            raise self.error(
+                ServerStartupError,
+                f"the server answers every readiness probe with an error ({self._repeats} in a row): {answer}. "
+                f"Its log says why (log: {self.log_path})",
+            )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
-
-    def version(self) -> str | None:
-        try:
-            r = httpx.get(self.base_url + "/version", timeout=5.0, trust_env=False)
-            return str(r.json().get("version")) if r.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):
-            return None
 
     def stop(self) -> None:
         """SIGTERM the group, wait, SIGKILL the group, and wait until no member is left."""
@@ -239,6 +352,7 @@ class ServerProcess:
                 time.sleep(0.05)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=1.0)
+        self._stop_watchdog()
         note = ""
         if self.gpu_baseline_mib is not None and not wait_for_gpu_memory(
             self.gpu_baseline_mib, indices=self.gpu_indices

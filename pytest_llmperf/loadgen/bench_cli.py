@@ -34,7 +34,9 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="llmperf bench serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="llmperf bench serve",
+        description=(__doc__ or "").replace("``", ""),  # a docstring's RST quotes read as noise in a terminal
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--backend", default="openai", choices=["openai", "openai-chat", "vllm"])
     p.add_argument("--endpoint", default=None, help="default: /v1/completions, or /v1/chat/completions for openai-chat")
@@ -85,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="fail a request whose stream sends nothing for S seconds",
     )
+    ours.add_argument(
+        "--server-stall-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="stop the run when the server sends nothing on any open stream for S seconds (its requests fail)",
+    )
     return p
 
 
@@ -92,9 +101,14 @@ def _first_model(base_url: str) -> str:
     try:
         data = httpx.get(base_url + "/v1/models", timeout=30, trust_env=False).json()
         return str(data["data"][0]["id"])
+    except httpx.ConnectError as exc:
+        raise SystemExit(
+            f"llmperf bench serve: cannot reach a server at {base_url} ({exc}); start it, or check --base-url "
+            "(or --host and --port)"
+        ) from None
     except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
         raise SystemExit(
-            f"llmperf bench serve: no --model given and {base_url}/v1/models did not name one ({exc})"
+            f"llmperf bench serve: no --model given and {base_url}/v1/models did not name one ({exc}); pass --model"
         ) from None
 
 
@@ -159,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = load_tokenizer(spec, base_url=base_url, model=request_model)
         requests = build_requests(args, tokenizer)
     except DatasetError as exc:
-        raise SystemExit(f"llmperf bench serve: {exc}") from None
+        hint = " (check --dataset-path)" if args.dataset_path and "ShareGPT file" in str(exc) else ""
+        raise SystemExit(f"llmperf bench serve: {exc}{hint}") from None
     ignore_eos = args.ignore_eos or args.dataset_name == "random"  # vLLM forces it for random (PR #28227)
     settings = BenchSettings(
         base_url=base_url,
@@ -176,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         selected=selected,
         goodput=goodput,
         stall_timeout_s=args.stall_timeout,
+        server_stall_timeout_s=args.server_stall_timeout,
         client_workers=args.client_workers,
         prewarm_connections=args.prewarm_connections,
     )
@@ -212,6 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data))
         print(f"Saved the result to {path}")
+    if result.metrics.completed == 0:
+        print(
+            f"llmperf bench serve: no request succeeded ({len(result.records)} failed); the numbers above measure "
+            "nothing. The errors above say why.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -17,7 +17,7 @@ from pytest_llmperf.loadgen.datasets import SampleRequest
 from pytest_llmperf.loadgen.http1 import ConnectionPool
 from pytest_llmperf.metrics import RequestRecord
 
-__all__ = ["ServerStreamError", "auth_headers", "build_payload", "send_streaming_request"]
+__all__ = ["MalformedStreamError", "ServerStreamError", "auth_headers", "build_payload", "send_streaming_request"]
 
 _DATA = b"data:"
 _DONE = b"[DONE]"
@@ -96,11 +96,18 @@ class _SSEStream:
             if not msg or msg[0] == 58:  # b":" comment / ping
                 continue
             if not msg.startswith(_DATA):
-                raise ValueError(f"malformed SSE message (no 'data:' field): {msg[:200]!r}")
+                raise MalformedStreamError(
+                    f"malformed SSE message in the server's stream (no 'data:' field): {msg[:200]!r}"
+                )
             data_bytes = msg[5:].lstrip()
             if data_bytes == _DONE:
                 continue
-            message = _loads(data_bytes)
+            try:
+                message = _loads(data_bytes)
+            except ValueError as exc:  # no cost on the hot path unless raised
+                raise MalformedStreamError(
+                    f"malformed SSE event in the server's stream ({type(exc).__name__}: {exc}): {data_bytes[:200]!r}"
+                ) from None
             choices = message.get("choices")
             if choices:
                 if self.got_token:
@@ -127,11 +134,15 @@ class _SSEStream:
     def finish(self) -> None:
         tail = self.buf.strip()
         if tail.startswith(_DATA) and tail[5:].strip() != _DONE:
-            raise ValueError(f"stream ended inside an SSE message: {tail[:200]!r}")
+            raise MalformedStreamError(f"the server's stream ended inside an SSE message: {tail[:200]!r}")
 
 
 class ServerStreamError(Exception):
     """The server sent an ``error`` message in the middle of a stream."""
+
+
+class MalformedStreamError(ValueError):
+    """The server's SSE stream is not what an OpenAI-compatible server sends (not JSON, no ``data:``)."""
 
 
 async def send_streaming_request(

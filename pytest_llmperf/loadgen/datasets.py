@@ -107,13 +107,21 @@ def sharegpt_requests(
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        # no flag named here: the caller (pytest, or llmperf bench serve) says which of its options gave the path
         raise DatasetError(
-            f"ShareGPT file {path} not found. Download ShareGPT_V3_unfiltered_cleaned_split.json and pass "
-            "its path with --llmperf-sharegpt PATH (or set LLMPERF_SHAREGPT)."
+            f"ShareGPT file {path} not found (ShareGPT_V3_unfiltered_cleaned_split.json, or a small sample such "
+            "as perf_tests/data/sharegpt_sample.json)"
         ) from None
     except (OSError, ValueError) as exc:
         raise DatasetError(f"ShareGPT file {path} could not be read as JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise DatasetError(
+            f"ShareGPT file {path} holds a JSON {type(data).__name__}; a ShareGPT file is a list of conversations "
+            '([{"conversations": [{"from": "human", "value": ...}, {"from": "gpt", "value": ...}]}, ...])'
+        )
     entries = [d for d in data if isinstance(d, dict) and len(d.get("conversations") or []) >= 2]
+    if not entries:
+        raise DatasetError(f"ShareGPT file {path}: no entry has a 'conversations' list of two turns or more")
     random.Random(seed).shuffle(entries)
     out: list[SampleRequest] = []
     for entry in entries:

@@ -302,7 +302,13 @@ class ConnectionPool:
     """
 
     def __init__(
-        self, base_url: str, *, timeout_s: float, stall_timeout_s: float | None = None, keepalive_s: float = 4.0
+        self,
+        base_url: str,
+        *,
+        timeout_s: float,
+        stall_timeout_s: float | None = None,
+        server_stall_timeout_s: float | None = None,
+        keepalive_s: float = 4.0,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -315,6 +321,9 @@ class ConnectionPool:
         self.host_header = host if default_port else f"{host}:{self.port}"
         self.timeout_s = timeout_s
         self.stall_timeout_s = stall_timeout_s
+        # no byte on any open stream for this long: the server has stalled, and every request fails at once
+        self.server_stall_timeout_s = server_stall_timeout_s
+        self.stalled = ""  # why the server was found stalled; later requests fail without being sent
         self.keepalive_s = keepalive_s
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
@@ -351,6 +360,8 @@ class ConnectionPool:
         idle limit makes that rare, but a client that its host starves reads a finished response
         late, and its idea of how long a connection has been idle is short by as much.
         """
+        if self.stalled:
+            raise StreamTimeoutError(f"not sent: {self.stalled}")
         data = head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         deadline = time.perf_counter() + self.timeout_s
         conn = await self._acquire()
@@ -401,12 +412,21 @@ class ConnectionPool:
 
     def _schedule_sweep(self) -> None:
         assert self._loop is not None
-        interval = 1.0 if self.stall_timeout_s is None else max(0.01, min(1.0, self.stall_timeout_s / 5))
-        self._sweeper = self._loop.call_later(interval, self._sweep)
+        shortest = min((t for t in (self.stall_timeout_s, self.server_stall_timeout_s) if t is not None), default=5.0)
+        self._sweeper = self._loop.call_later(max(0.01, min(1.0, shortest / 5)), self._sweep)
 
     def _sweep(self) -> None:
         now = time.perf_counter()
-        for conn in list(self._all):
-            if conn.busy:
+        busy = [conn for conn in self._all if conn.busy]
+        limit = self.server_stall_timeout_s
+        if busy and limit is not None and now - max(conn.last_io for conn in busy) > limit:
+            self.stalled = (
+                f"the server sent nothing on any of its {len(busy)} open stream(s) for {limit:g} s: it has stalled "
+                "(server stall timeout)"
+            )
+            for conn in busy:
+                conn._fail(StreamTimeoutError(self.stalled))
+        else:
+            for conn in busy:
                 conn.expire(now, self.stall_timeout_s)
         self._schedule_sweep()

@@ -29,9 +29,11 @@ __all__ = ["BenchSettings", "BenchmarkResult", "arrival_offsets", "run_benchmark
 T = TypeVar("T")
 ProgressFn = Callable[[int, int, int, float], None]  # done, total, output tokens so far, elapsed s
 
+PROGRESS_TICK_S = 2.0  # the progress callback also runs this often while no request completes
 SEND_LAG_WARN_S = 0.050
 LOOP_LAG_WARN_S = 0.050
 CPU_WARN_FRACTION = 0.90
+MIN_CPU_WARN_DURATION_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class BenchSettings:
     num_warmups: int = 0
     timeout_s: float = 6 * 3600.0  # per request, as vLLM's ClientTimeout(total=6 h)
     stall_timeout_s: float | None = None  # no byte for this long: the stream has stalled
+    server_stall_timeout_s: float | None = None  # no byte on any open stream this long: the server has stalled
     client_workers: int = 1
     # open the connections before the clock starts, so TTFT measures the engine, not TCP set-up
     # (vLLM's client starts with a cold pool; `llmperf bench serve --prewarm-connections` opts in)
@@ -133,7 +136,10 @@ async def drive(
     out_tokens = 0
 
     async with ConnectionPool(
-        settings.base_url, timeout_s=settings.timeout_s, stall_timeout_s=settings.stall_timeout_s
+        settings.base_url,
+        timeout_s=settings.timeout_s,
+        stall_timeout_s=settings.stall_timeout_s,
+        server_stall_timeout_s=settings.server_stall_timeout_s,
     ) as pool:
         head = pool.head("POST", base_path + settings.endpoint, auth_headers(chat=chat))
 
@@ -167,6 +173,15 @@ async def drive(
         stop = asyncio.Event()
         lag_out: list[float] = []
         monitor = asyncio.create_task(_loop_lag_monitor(stop, lag_out))
+        ticker = None
+        if progress is not None:  # a line while nothing completes (a stalled server): the wait is visible
+
+            async def tick() -> None:
+                while not stop.is_set():
+                    await asyncio.sleep(PROGRESS_TICK_S)
+                    progress(done, len(records), out_tokens, time.perf_counter() - bench_start)
+
+            ticker = asyncio.create_task(tick())
         if start_at is not None:
             await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
         cpu0 = time.process_time()
@@ -186,6 +201,8 @@ async def drive(
         cpu = time.process_time() - cpu0
         stop.set()
         await monitor
+        if ticker is not None:
+            ticker.cancel()
         gc.unfreeze()
 
     # send lag as seen by each request: actual start minus scheduled (excludes concurrency waits)
@@ -215,7 +232,12 @@ def finish(
         warnings.append(
             f"client event-loop lag up to {raw.max_loop_lag_s * 1000:.0f} ms: latencies include client delay"
         )
-    if duration > 0 and raw.cpu_s / duration > CPU_WARN_FRACTION * cpu_cores:
+    # a run of failed requests lasts milliseconds: its CPU share says nothing about the client
+    if (
+        metrics.completed
+        and duration >= MIN_CPU_WARN_DURATION_S
+        and raw.cpu_s / duration > CPU_WARN_FRACTION * cpu_cores
+    ):
         warnings.append(
             f"client CPU at {100 * raw.cpu_s / duration / cpu_cores:.0f}% of its cores: "
             "the client may be the bottleneck (try --client-workers)"

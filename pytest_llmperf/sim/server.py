@@ -469,30 +469,45 @@ async def serve(opts: SimServerOptions) -> None:
         children.append(subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(1)"]))
     if children:
         print(f"llmperf sim: started child processes {[c.pid for c in children]}", flush=True)
-    if opts.startup_delay_s:
-        print(f"llmperf sim: start-up delay of {opts.startup_delay_s} s", flush=True)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), opts.startup_delay_s)
-    server = SimServer(opts, loop)
-    if server.engine is not None:
-        server.engine.start()
-    # keep the cyclic garbage collector off the token path: long-lived objects are frozen, and young
-    # collections (which walk every live Generation) run rarely; per-request objects are acyclic
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 1000)
-    srv = await loop.create_server(server.connection, opts.host, opts.port, reuse_address=True, backlog=4096)
-    print(
-        f"llmperf sim: pid {os.getpid()} pgid {os.getpgrp()} serving {opts.served_model_name!r} "
-        f"on http://{opts.host}:{opts.port} (profile {opts.profile}, slowdown {opts.slowdown:g}"
-        + (f", SCHED_FIFO priority {opts.realtime_priority})" if opts.realtime_priority else ")"),
-        flush=True,
-    )
-    await stop.wait()
-    print("llmperf sim: shutting down", flush=True)
-    srv.close()
-    if server.engine is not None:
-        await server.engine.stop()
+    try:
+        if opts.startup_delay_s:
+            print(f"llmperf sim: start-up delay of {opts.startup_delay_s} s", flush=True)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), opts.startup_delay_s)
+        server = SimServer(opts, loop)
+        if server.engine is not None:
+            server.engine.start()
+        # keep the cyclic garbage collector off the token path: long-lived objects are frozen, and young
+        # collections (which walk every live Generation) run rarely; per-request objects are acyclic
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(100_000, 50, 1000)
+        srv = await loop.create_server(server.connection, opts.host, opts.port, reuse_address=True, backlog=4096)
+        print(
+            f"llmperf sim: pid {os.getpid()} pgid {os.getpgrp()} serving {opts.served_model_name!r} "
+            f"on http://{opts.host}:{opts.port} (profile {opts.profile}, slowdown {opts.slowdown:g}"
+            + (f", SCHED_FIFO priority {opts.realtime_priority})" if opts.realtime_priority else ")"),
+            flush=True,
+        )
+        await stop.wait()
+        print("llmperf sim: shutting down", flush=True)
+        srv.close()
+        if server.engine is not None:
+            await server.engine.stop()
+    finally:
+        _reap(children)
+
+
+def _reap(children: list[subprocess.Popen[bytes]], grace_s: float = 5.0) -> None:
+    """An engine's own children die with it: SIGTERM, a grace period, then SIGKILL."""
+    for child in children:
+        child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
