@@ -19,6 +19,7 @@ __all__ = [
     "RESULT_PROPERTY",
     "ResultCollector",
     "calibration_table",
+    "result_notes",
     "summary_table",
 ]
 
