@@ -151,12 +151,40 @@ def test_interim_100_continue_is_skipped() -> None:
     [
         (HEAD_CHUNKED + chunk(b"data: a\n\n"), ConnectionClosedError, "before the response ended"),
         (b"HTTP/1.1 200 O", ConnectionClosedError, "before the response head"),
-        (HEAD_CHUNKED + b"zz\r\ndata\r\n", ResponseProtocolError, "bad chunk size line"),
-        (HEAD_CHUNKED + b"3\r\nabcd\r\n", ResponseProtocolError, "not followed by CRLF"),
-        (b"SSH-2.0-OpenSSH\r\n\r\n", ResponseProtocolError, "not an HTTP/1.x status line"),
+        (HEAD_CHUNKED + b"zz\r\ndata\r\n", ResponseProtocolError, "Invalid character in chunk size"),
+        (HEAD_CHUNKED + b"3\r\nabcd\r\n", ResponseProtocolError, "Expected LF after chunk data"),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", ResponseProtocolError, "invalid HTTP/1.1 response"),
         (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\n", ResponseProtocolError, "Content-Encoding"),
+        # the framing defects the hand parser had (issue #19): each one must fail, not truncate or mis-read
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\nabc", ResponseProtocolError, "Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1_0\r\n\r\n0123456789", ResponseProtocolError, "Content-Length"),
+        (HEAD_CHUNKED + b"0x3\r\nabc\r\n0\r\n\r\n", ResponseProtocolError, "chunk size"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            ResponseProtocolError,
+            "Content-Length can't be present with Transfer-Encoding",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            ResponseProtocolError,
+            "unsupported Transfer-Encoding 'gzip, chunked'",
+        ),
+        (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", ResponseProtocolError, "invalid HTTP/1.1 response"),
     ],
-    ids=["closed-mid-body", "closed-mid-head", "bad-size", "no-crlf", "not-http", "gzip"],
+    ids=[
+        "closed-mid-body",
+        "closed-mid-head",
+        "bad-size",
+        "no-crlf",
+        "not-http",
+        "gzip",
+        "negative-length",
+        "underscore-length",
+        "hex-prefixed-chunk-size",
+        "chunked-and-length",
+        "gzip-chunked",
+        "header-without-colon",
+    ],
 )
 def test_broken_responses_raise_the_documented_error(raw: bytes, error: type[Exception], text: str) -> None:
     async def test(pool: ConnectionPool) -> None:
@@ -318,3 +346,36 @@ def test_sse_messages_with_lf_or_crlf_line_ends_are_timed_alike(sep: bytes) -> N
     assert record.success, record.error
     assert (record.generated_text, record.output_tokens, record.prompt_len) == ("abc", 3, 3)
     assert len(record.itl) == 2 and all(x >= 0.005 for x in record.itl)
+
+
+def test_bytes_after_a_complete_response_make_the_connection_unusable() -> None:
+    """Nothing may follow a response we did not pipeline: the connection is dropped, not reused."""
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await writes(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n")(reader, writer)
+
+    async def test(pool: ConnectionPool) -> None:
+        for _ in range(2):
+            resp = await pool.request(pool.head("GET", "/", {}), b"")
+            assert (resp.status, resp.body) == (200, b"ok")
+            await asyncio.sleep(0.05)
+
+    serve(handler, test)
+    assert connections == 2
+
+
+def test_a_large_chunk_in_many_reads_arrives_whole() -> None:
+    """A 4 MiB chunk written in 64 KiB pieces: the body is the chunk's bytes, in order, nothing more."""
+    data = bytes(range(256)) * (4 * 4096)
+    raw = HEAD_CHUNKED + chunk(data) + b"0\r\n\r\n"
+    parts = [raw[i : i + 65536] for i in range(0, len(raw), 65536)]
+
+    async def test(pool: ConnectionPool) -> None:
+        sink = Collect()
+        await pool.request(pool.head("POST", "/", {}), b"", sink)
+        assert b"".join(sink.pieces) == data
+
+    serve(writes(*parts), test)

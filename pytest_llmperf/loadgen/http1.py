@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
+import httptools
+
 __all__ = [
     "BodySink",
     "ConnectionClosedError",
@@ -39,10 +41,7 @@ __all__ = [
 ]
 
 MAX_HEAD_BYTES = 65536
-_CRLF = b"\r\n"
-
-# what the connection is reading
-_IDLE, _HEAD, _CHUNKED, _LENGTH, _TO_CLOSE = range(5)
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"content-encoding"})
 
 
 class ConnectionClosedError(ConnectionError):
@@ -71,7 +70,8 @@ class Response:
 
 
 class _Connection(asyncio.Protocol):
-    """One connection, one request at a time; parses the response head, then routes the body."""
+    """One connection, one request at a time. llhttp (``httptools``) frames the response; its
+    ``on_body`` callback routes each piece of the body to the sink with the time of the read."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -82,13 +82,16 @@ class _Connection(asyncio.Protocol):
         self.responded = False  # a byte of the current response has arrived
         self.last_io = 0.0
         self.deadline = 0.0
+        self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Response] | None = None
         self._sink: BodySink | None = None
-        self._state = _IDLE
-        self._buf = b""
-        self._left = 0  # Content-Length bytes still to come
-        self._status = 0
-        self._reason = ""
+        self._expecting = False  # a response is due: bytes at any other time are not safe
+        self._to_close = False  # the body runs until the server closes the connection
+        self._head_done = False
+        self._head_bytes = 0
+        self._ts = 0.0
+        self._reason = b""
+        self._framing: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._to_sink = False
 
@@ -101,31 +104,82 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self._waiter is None or self._waiter.done():
             return
-        if self._state == _TO_CLOSE and exc is None:
-            self._complete()
+        if self._to_close and exc is None:
+            self._complete(self._parser.get_status_code())
             return
         detail = f": {exc}" if exc else ""
-        where = "before the response head" if self._state == _HEAD else "before the response ended"
+        where = "before the response ended" if self._head_done else "before the response head"
         self._fail(ConnectionClosedError(f"the server closed the connection {where}{detail}"))
 
     def data_received(self, data: bytes) -> None:
-        ts = time.perf_counter()
-        self.last_io = ts
+        self._ts = self.last_io = time.perf_counter()
+        if not self._expecting:  # bytes nobody asked for: the connection is not safe to reuse
+            self.reusable = False
+            self.abort()
+            return
         try:
-            state = self._state
-            if state == _CHUNKED:
-                self._chunked(data, ts)
-            elif state == _HEAD:
-                self._head(data, ts)
-            elif state == _LENGTH:
-                self._length(data, ts)
-            elif state == _TO_CLOSE:
-                self._emit(data, ts)
-            else:  # bytes nobody asked for: the connection is not safe to reuse
-                self.reusable = False
-                self.abort()
-        except Exception as exc:  # a sink's error or a protocol violation fails the request
-            self._fail(exc)
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:  # a sink's error fails the request with itself
+            self._fail(exc.__context__ or exc)
+            return
+        except httptools.HttpParserError as exc:
+            self._fail(ResponseProtocolError(f"invalid HTTP/1.1 response: {exc}"))
+            return
+        if not self._head_done:  # llhttp keeps no limit of its own
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(ResponseProtocolError(f"response head longer than {MAX_HEAD_BYTES} bytes"))
+
+    # llhttp callbacks (httptools calls only those defined)
+
+    def on_message_begin(self) -> None:
+        if not self._expecting:  # a second response after ours: nothing may follow an unpipelined one
+            self.reusable = False
+            raise ResponseProtocolError("bytes after the end of the response")
+        self.responded = True
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) in (14, 16, 17) and name.lower() in _FRAMING:
+            self._framing.append((name.lower(), value.lower()))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        framing = self._framing
+        self._framing = []
+        if status < 200:
+            self._reason = b""
+            return  # 100 Continue and friends: the real head follows
+        self._head_done = True
+        for name, value in framing:
+            if name == b"content-encoding" and value.strip() != b"identity":
+                raise ResponseProtocolError(f"unsupported Content-Encoding {value.decode('latin-1')!r}")
+            if name == b"transfer-encoding" and [c.strip() for c in value.split(b",")] != [b"chunked"]:
+                raise ResponseProtocolError(f"unsupported Transfer-Encoding {value.decode('latin-1')!r}")
+        self._to_sink = status == 200 and self._sink is not None
+        self.reusable = parser.should_keep_alive()
+        names = {name for name, _ in framing}
+        self._to_close = (
+            b"transfer-encoding" not in names and b"content-length" not in names and status not in (204, 304)
+        )
+        if self._to_close:
+            self.reusable = False
+
+    def on_body(self, data: bytes) -> None:
+        if self._to_sink:
+            self._sink.feed(data, self._ts)  # type: ignore[union-attr]  # set whenever _to_sink is
+        else:
+            self._body.append(data)
+
+    def on_message_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:
+            return
+        self.reusable = self.reusable and self._parser.should_keep_alive()
+        self._complete(status)
 
     # the request
 
@@ -138,8 +192,11 @@ class _Connection(asyncio.Protocol):
         self.uses += 1
         self.responded = False
         self._sink = sink
-        self._state = _HEAD
-        self._buf = b""
+        self._expecting = True
+        self._to_close = False
+        self._head_done = False
+        self._head_bytes = 0
+        self._reason = b""
         self._body = []
         self.reusable = False
         self.deadline = deadline
@@ -163,128 +220,16 @@ class _Connection(asyncio.Protocol):
     def busy(self) -> bool:
         return self._waiter is not None and not self._waiter.done()
 
-    # parsing
-
-    def _head(self, data: bytes, ts: float) -> None:
-        self.responded = True
-        buf = self._buf + data if self._buf else data
-        while True:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_HEAD_BYTES:
-                    raise ResponseProtocolError(f"response head longer than {MAX_HEAD_BYTES} bytes")
-                self._buf = buf
-                return
-            lines = buf[:end].decode("latin-1").split("\r\n")
-            parts = lines[0].split(" ", 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-                raise ResponseProtocolError(f"not an HTTP/1.x status line: {lines[0][:200]!r}")
-            status = int(parts[1])
-            buf = buf[end + 4 :]
-            if 100 <= status < 200:
-                continue  # 100 Continue and friends: the real head follows
-            break
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep:
-                raise ResponseProtocolError(f"malformed header line: {line[:200]!r}")
-            headers[name.strip().lower()] = value.strip()
-        self._status = status
-        self._reason = parts[2] if len(parts) > 2 else ""
-        self._to_sink = status == 200 and self._sink is not None
-        connection = headers.get("connection", "").lower()
-        self.reusable = parts[0] == "HTTP/1.1" and "close" not in connection
-        if headers.get("content-encoding", "identity").lower() != "identity":
-            raise ResponseProtocolError(f"unsupported Content-Encoding {headers['content-encoding']!r}")
-        self._buf = b""
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            self._state = _CHUNKED
-            if buf:
-                self._chunked(buf, ts)
-        elif "content-length" in headers:
-            try:
-                self._left = int(headers["content-length"])
-            except ValueError:
-                raise ResponseProtocolError(f"bad Content-Length {headers['content-length']!r}") from None
-            self._state = _LENGTH
-            if self._left == 0 or status in (204, 304):
-                self._complete()
-            elif buf:
-                self._length(buf, ts)
-        elif status in (204, 304):
-            self._complete()
-        else:
-            self._state = _TO_CLOSE
-            self.reusable = False
-            if buf:
-                self._emit(buf, ts)
-
-    def _chunked(self, data: bytes, ts: float) -> None:
-        buf = self._buf + data if self._buf else data
-        pos = 0
-        n = len(buf)
-        while True:
-            eol = buf.find(_CRLF, pos)
-            if eol < 0:
-                if n - pos > 1024:
-                    raise ResponseProtocolError("chunk size line longer than 1024 bytes")
-                break
-            line = buf[pos:eol]
-            try:
-                size = int(line.split(b";", 1)[0], 16)
-            except ValueError:
-                raise ResponseProtocolError(f"bad chunk size line {line[:100]!r}") from None
-            if size == 0:  # the last chunk; optional trailers end with an empty line
-                if buf.startswith(_CRLF, eol + 2):
-                    pos = eol + 4
-                else:
-                    trailers_end = buf.find(b"\r\n\r\n", eol + 2)
-                    if trailers_end < 0:
-                        break
-                    pos = trailers_end + 4
-                self._buf = b""
-                if pos < n:  # nothing may follow a response we did not pipeline
-                    self.reusable = False
-                self._complete()
-                return
-            end = eol + 2 + size
-            if n < end + 2:
-                break  # the chunk is not all here yet
-            if not buf.startswith(_CRLF, end):
-                raise ResponseProtocolError("chunk data not followed by CRLF")
-            self._emit(buf[eol + 2 : end], ts)
-            pos = end + 2
-        self._buf = buf[pos:] if pos else buf
-
-    def _length(self, data: bytes, ts: float) -> None:
-        if len(data) >= self._left:
-            if len(data) > self._left:
-                self.reusable = False
-            self._emit(data[: self._left], ts)
-            self._left = 0
-            self._complete()
-        else:
-            self._left -= len(data)
-            self._emit(data, ts)
-
-    def _emit(self, data: bytes, ts: float) -> None:
-        if self._to_sink:
-            assert self._sink is not None
-            self._sink.feed(data, ts)
-        else:
-            self._body.append(data)
-
-    def _complete(self) -> None:
-        self._state = _IDLE
+    def _complete(self, status: int) -> None:
+        self._expecting = False
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(Response(self._status, self._reason, b"".join(self._body)))
+            waiter.set_result(Response(status, self._reason.decode("latin-1"), b"".join(self._body)))
         self._body = []
         self._sink = None
 
     def _fail(self, exc: BaseException) -> None:
-        self._state = _IDLE
+        self._expecting = False
         self.reusable = False
         waiter = self._waiter
         if waiter is not None and not waiter.done():

@@ -1,27 +1,34 @@
-"""A minimal HTTP/1.1 server protocol for the simulated engine.
+"""A minimal HTTP/1.1 server protocol for the simulated engine; llhttp (``httptools``) frames requests.
 
 Why not aiohttp's server: the simulator must stream tens of thousands of SSE events per second
 on one core while 1000 clients hold connections open, or it distorts the measurements it exists
 to check. Writing pre-built chunk bytes straight to the transport from the engine's step costs a
 few microseconds per event; a framework's response objects and coroutines cost several times that.
 
-Supported: keep-alive, ``Content-Length`` request bodies (no chunked uploads), one request at a time
-per connection (later bytes wait in the buffer), JSON and plain responses, and chunked streaming
-responses for ``text/event-stream``.
+Requests are parsed by llhttp, the parser under uvicorn (and so under vLLM and SGLang): keep-alive,
+``Content-Length`` and chunked request bodies, pipelined requests answered one at a time in order,
+HTTP/1.0 clients (keep-alive only when they ask; a stream is sent as a read-to-close body, never
+chunked). A malformed request gets a 400 and the connection closes. A client that does not read
+its stream is bounded: past ``MAX_UNREAD_BYTES`` waiting in the transport the connection is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
-__all__ = ["HttpConnection", "Request"]
+import httptools
+
+__all__ = ["MAX_BODY_BYTES", "MAX_HEADER_BYTES", "MAX_UNREAD_BYTES", "HttpConnection", "Request"]
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_UNREAD_BYTES = 16 * 1024 * 1024  # a stream's bytes the client has not read; more and it is dropped
+MAX_QUEUED_REQUESTS = 16  # pipelined requests parsed ahead; more and reading pauses
 
 
 class Request:
@@ -40,6 +47,10 @@ class Request:
 Handler = Callable[["HttpConnection", Request], None]
 
 
+class _BadRequest(Exception):
+    pass
+
+
 class HttpConnection(asyncio.Protocol):
     """One client connection. ``handler`` must eventually call one of the ``send_*``/``end_stream`` methods."""
 
@@ -47,11 +58,20 @@ class HttpConnection(asyncio.Protocol):
         self.handler = handler
         self.on_lost = on_lost
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
         self.busy = False
         self.keep_alive = True
         self.closed = False
         self.on_close: Callable[[], None] | None = None  # set by a streaming response to hear of aborts
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque[tuple[Request, bool, bool]] = deque()  # (request, keep-alive, HTTP/1.1)
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._head_bytes = 0
+        self._body: list[bytes] = []
+        self._body_bytes = 0
+        self._chunked = True  # the current response is chunked (False for HTTP/1.0 clients)
+        self._reading_paused = False
+        self._write_paused = False
 
     # --- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -60,52 +80,88 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._queue.clear()
         if self.on_close is not None:
             self.on_close()
             self.on_close = None
         if self.on_lost is not None:
             self.on_lost(self)
 
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if not self.busy:
-            self._next_request()
+    def pause_writing(self) -> None:
+        self._write_paused = True
 
-    # --- parsing ----------------------------------------------------------------------------------
+    def resume_writing(self) -> None:
+        self._write_paused = False
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self._refuse(str(cause) if isinstance(cause, _BadRequest) else "malformed request")
+        except httptools.HttpParserUpgrade:
+            self._refuse("protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            self._refuse(f"malformed request: {exc}")
+
+    # --- llhttp callbacks -------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._head_bytes = 0
+        self._body = []
+        self._body_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > MAX_BODY_BYTES:
+            raise _BadRequest("request body too large")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self._parser
+        method = parser.get_method().decode("latin-1")
+        path = self._url.decode("latin-1").split("?", 1)[0]
+        request = Request(method, path, self._headers, b"".join(self._body))
+        self._queue.append((request, parser.should_keep_alive(), parser.get_http_version() == "1.1"))
+        if self.busy and len(self._queue) >= MAX_QUEUED_REQUESTS and self.transport is not None:
+            self.transport.pause_reading()
+            self._reading_paused = True
+        self._next_request()
+
+    def _count_head(self, n: int) -> None:
+        self._head_bytes += n
+        if self._head_bytes > MAX_HEADER_BYTES:
+            raise _BadRequest("request headers too large")
+
+    # --- dispatch ---------------------------------------------------------------------------------
 
     def _next_request(self) -> None:
-        while not self.busy and not self.closed:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buf) > MAX_HEADER_BYTES:
-                    self._bad("request headers too large")
-                return
-            try:
-                head = bytes(self.buf[:end]).decode("latin-1")
-                lines = head.split("\r\n")
-                method, path, version = lines[0].split(" ", 2)
-                headers = {}
-                for line in lines[1:]:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length", "0"))
-            except ValueError:
-                self._bad("malformed request line or headers")
-                return
-            if length > MAX_BODY_BYTES:
-                self._bad("request body too large")
-                return
-            if len(self.buf) < end + 4 + length:
-                return
-            body = bytes(self.buf[end + 4 : end + 4 + length])
-            del self.buf[: end + 4 + length]
-            conn = headers.get("connection", "").lower()
-            self.keep_alive = conn != "close" if version == "HTTP/1.1" else conn == "keep-alive"
+        while not self.busy and not self.closed and self._queue:
+            request, self.keep_alive, self._chunked = self._queue.popleft()
+            if self._reading_paused and self.transport is not None:
+                self.transport.resume_reading()
+                self._reading_paused = False
             self.busy = True
-            self.handler(self, Request(method, path.split("?", 1)[0], headers, body))
+            self.handler(self, request)
 
-    def _bad(self, message: str) -> None:
+    def _refuse(self, message: str) -> None:
+        """A request llhttp rejected: answer 400 once the responses before it are out, then close."""
+        self._queue.clear()
+        if self.busy:  # a response is on its way: do not interleave; close after it
+            self.keep_alive = False
+            return
         self.keep_alive = False
+        self._chunked = True
         self.send_json(400, {"error": {"message": message, "type": "BadRequestError", "code": 400}})
 
     # --- responses --------------------------------------------------------------------------------
@@ -127,21 +183,30 @@ class HttpConnection(asyncio.Protocol):
 
     def start_stream(self, content_type: str = "text/event-stream") -> None:
         if self.transport is not None and not self.closed:
+            if not self._chunked:  # an HTTP/1.0 client: the body runs to the close
+                self.keep_alive = False
+                self.transport.write(self._head(200, content_type, "cache-control: no-cache\r\n"))
+                return
             extra = "transfer-encoding: chunked\r\ncache-control: no-cache\r\n"
             self.transport.write(self._head(200, content_type, extra))
 
     def write_chunk(self, data: bytes) -> None:
         """One chunk of a streaming response (an SSE message or several)."""
-        if self.transport is not None and not self.closed:
-            self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+            # past the high-water mark asyncio calls pause_writing; past MAX_UNREAD_BYTES the client is not reading
+            if self._write_paused and transport.get_write_buffer_size() > MAX_UNREAD_BYTES:
+                self.abort()
 
     def end_stream(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self._chunked:
             self.transport.write(b"0\r\n\r\n")
         self._done()
 
     def abort(self) -> None:
         """Drop the connection without finishing the response (a reset mid-stream)."""
+        self.closed = True
         if self.transport is not None:
             self.transport.abort()
 
@@ -149,8 +214,8 @@ class HttpConnection(asyncio.Protocol):
         self.busy = False
         self.on_close = None
         if not self.keep_alive:
+            self._queue.clear()
             if self.transport is not None:
                 self.transport.close()
             return
-        if self.buf:
-            self._next_request()
+        self._next_request()
