@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from pytest_llmperf.gate import DEFAULT_ALPHA, DEFAULT_TOLERANCE, compare_metric
+from pytest_llmperf.gate.decision import DEFAULT_ALPHA, DEFAULT_TOLERANCE, compare_metric
 
 
 def rate(

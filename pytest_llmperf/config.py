@@ -55,6 +55,7 @@ __all__ = [
     "Unsupported",
     "Workload",
     "expand_cases",
+    "find_matrices",
     "load_matrix",
 ]
 
@@ -374,3 +375,18 @@ def expand_cases(matrix: Matrix, path: Path) -> list[Case]:
             markers = tuple(dict.fromkeys(matrix.defaults.markers + engine.markers + workload.markers))
             cases.append(Case(engine, workload, path, dict(matrix.gate.tolerance), markers))
     return cases
+
+
+def find_matrices(path: Path) -> list[tuple[Path, Matrix]]:
+    """A matrix file, or every ``*.toml`` under a folder that defines ``[[engines]]``."""
+    if path.is_file():
+        return [(path, load_matrix(path))]
+    if not path.is_dir():
+        raise ConfigError(f"{path}: no such file or folder")
+    found = []
+    for file in sorted(path.rglob("*.toml")):
+        if "[[engines]]" in file.read_text(encoding="utf-8"):
+            found.append((file, load_matrix(file)))
+    if not found:
+        raise ConfigError(f"{path}: no matrix file (a *.toml with [[engines]]) found")
+    return found

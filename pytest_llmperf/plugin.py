@@ -1,7 +1,7 @@
 """The pytest plugin: options, markers and the hooks that tie the fixtures, servers and gate together.
 
 Kept thin on purpose: state lives in :mod:`pytest_llmperf.session` (in ``config.stash``), the
-fixtures in :mod:`pytest_llmperf.fixtures`, comparisons in :mod:`pytest_llmperf.gate`.
+fixtures in :mod:`pytest_llmperf.fixtures`, comparisons in :mod:`pytest_llmperf.gate.decision`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from pytest_llmperf.fixtures import (
     llmperf_workload,
 )
 from pytest_llmperf.hardware import REQUIREMENTS, missing_hardware
-from pytest_llmperf.report import PERF_TEST_PROPERTY, ResultCollector
-from pytest_llmperf.report_files import copy_logs
+from pytest_llmperf.report.files import copy_logs
+from pytest_llmperf.report.record import PERF_TEST_PROPERTY
+from pytest_llmperf.report.terminal import ResultCollector
 from pytest_llmperf.session import build_session, lock_baseline_dir, session_key
 from pytest_llmperf.sharding import parse_shard, shard_of
 from pytest_llmperf.xdist_support import groups_file_for, make_scheduler, remove_stale_groups_files, write_groups

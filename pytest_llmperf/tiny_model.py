@@ -37,6 +37,8 @@ def corpus() -> list[str]:
 
     texts = [inspect.getdoc(pytest_llmperf) or ""]
     for info in pkgutil.walk_packages(pytest_llmperf.__path__, "pytest_llmperf."):
+        if info.name.endswith(".__main__"):  # an entry point runs when imported
+            continue
         try:
             module = __import__(info.name, fromlist=["_"])
         except Exception:  # a module with optional dependencies: its text is not needed

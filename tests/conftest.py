@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from suite_files import StartSim
 
 from pytest_llmperf.config import EngineConfig, SimOptions
 from pytest_llmperf.engines import LaunchSpec, ServerProcess, free_port, render_launch
-
-StartSim = Callable[..., ServerProcess]
 
 # pytester for the plugin's own tests only (an initial conftest of `pytest tests` may load plugins): the suites
 # under perf_tests/ and their --help stay free of --runpytest and --lsof
@@ -43,7 +42,7 @@ def start_sim(tmp_path: Path) -> Iterator[StartSim]:
             served_model_name=served_model_name,
             extra_args=extra_args,
             startup_timeout_s=startup_timeout_s,
-            sim=SimOptions(profile=profile, **sim),  # type: ignore[arg-type]
+            sim=SimOptions(profile=profile, **sim),
         )
         port = free_port()
         spec = render_launch(cfg, port=port)

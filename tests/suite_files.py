@@ -4,7 +4,12 @@ pytest run whose output lines carry the time they arrived."""
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from pytest_llmperf.engines import ServerProcess
+
+StartSim = Callable[..., ServerProcess]  # the start_sim fixture: start_sim(*args, profile=..., **sim options)
 
 PERF_TEST = """
 import pytest

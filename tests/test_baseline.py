@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf.baseline import Baseline, Provenance, baseline_path, dumps, load_baseline, write_baseline
 from pytest_llmperf.errors import BaselineError
+from pytest_llmperf.gate.baseline import Baseline, Provenance, baseline_path, dumps, load_baseline, write_baseline
 
 
 def sample() -> Baseline:
@@ -35,6 +35,17 @@ def test_round_trip_and_deterministic_layout(tmp_path: Path) -> None:
     assert loaded is not None and loaded.metrics["output_throughput"] == [1.2346, 2.0]
     assert dumps(loaded) == text
     assert [p.name for p in path.parent.iterdir()] == ["b.json"]  # no temporary file left
+
+
+def test_strings_inside_lists_survive_the_layout_byte_for_byte(tmp_path: Path) -> None:
+    """The samples are laid out one list a line; a string in a list that looks like a list keeps its spaces."""
+    b = sample()
+    b.workload["markers"] = ["[  a,  b  ]", "x ,y"]
+    b.engine["command"] = "vllm serve m --speculative-config '[ 1,  2 ]'"
+    text = dumps(b)
+    assert json.loads(text)["workload"]["markers"] == ["[  a,  b  ]", "x ,y"]
+    assert json.loads(text)["engine"]["command"] == "vllm serve m --speculative-config '[ 1,  2 ]'"
+    assert '"markers": ["[  a,  b  ]", "x ,y"]' in text
 
 
 def test_missing_file_is_none(tmp_path: Path) -> None:

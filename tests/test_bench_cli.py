@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from suite_files import StartSim
 
+from pytest_llmperf.engines import ServerProcess
 from pytest_llmperf.errors import DatasetError
 from pytest_llmperf.loadgen.datasets import random_requests
 from pytest_llmperf.loadgen.tokenizers import LocalTokenizer, ServerTokenizer, load_tokenizer
@@ -78,7 +80,7 @@ def labels(stdout: str) -> list[str]:
     return [line[:40].strip() for line in block.splitlines() if line and line[0] not in "=-"]
 
 
-def test_the_study_random_command_runs_unchanged(start_sim, tmp_path: Path) -> None:
+def test_the_study_random_command_runs_unchanged(start_sim: StartSim, tmp_path: Path) -> None:
     server = start_sim(served_model_name="deepseek-ai/DeepSeek-V3.2", profile="deterministic", ttft_ms=2, itl_ms=1)
     study = (
         "--model deepseek-ai/DeepSeek-V3.2 --backend openai-chat --endpoint /v1/chat/completions "
@@ -96,7 +98,7 @@ def test_the_study_random_command_runs_unchanged(start_sim, tmp_path: Path) -> N
     assert "=" * 50 + "\n" in out
 
 
-def test_save_result_writes_vllm_keys_and_file_name(start_sim, tmp_path: Path) -> None:
+def test_save_result_writes_vllm_keys_and_file_name(start_sim: StartSim, tmp_path: Path) -> None:
     server = start_sim(profile="deterministic", ttft_ms=5, itl_ms=2)
     common = [
         "--base-url",
@@ -156,7 +158,7 @@ def test_save_result_writes_vllm_keys_and_file_name(start_sim, tmp_path: Path) -
         (["--tokenizer", "some-org/some-hub-model"], "never downloads from a model hub"),
     ],
 )
-def test_bad_input_is_a_clear_message(start_sim, args: list[str], message: str) -> None:
+def test_bad_input_is_a_clear_message(start_sim: StartSim, args: list[str], message: str) -> None:
     server = start_sim(profile="deterministic", ttft_ms=5, itl_ms=2)
     result = bench("--base-url", server.base_url, "--num-prompts", "2", *args)
     assert result.returncode != 0
@@ -171,7 +173,7 @@ def test_a_base_url_that_is_not_a_server_url_is_a_clear_message(url: str) -> Non
     assert "Traceback" not in result.stderr
 
 
-def test_server_tokenizer_matches_the_builtin_and_finds_the_vocabulary(shared_sim) -> None:
+def test_server_tokenizer_matches_the_builtin_and_finds_the_vocabulary(shared_sim: ServerProcess) -> None:
     tok = ServerTokenizer(shared_sim.base_url, "llmperf-sim")
     assert tok.vocab_size == 32000
     assert tok.encode("babe bebe") == [0, 1]

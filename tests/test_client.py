@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from suite_files import StartSim
 
 from pytest_llmperf.loadgen import BenchSettings, random_requests, run_benchmark_sync
 from pytest_llmperf.loadgen.client import build_payload
@@ -20,7 +21,7 @@ def requests(n: int, out: int, inp: int = 16) -> list[SampleRequest]:
 
 
 @pytest.mark.parametrize("backend", ["openai-chat", "openai"])
-def test_measures_the_deterministic_truth(start_sim, backend: str) -> None:
+def test_measures_the_deterministic_truth(start_sim: StartSim, backend: str) -> None:
     server = start_sim(profile="deterministic", ttft_ms=50, itl_ms=20)
     endpoint = "/v1/chat/completions" if backend == "openai-chat" else "/v1/completions"
     settings = BenchSettings(
@@ -42,7 +43,7 @@ def test_measures_the_deterministic_truth(start_sim, backend: str) -> None:
     assert m.total_input == expected_input  # the server's usage.prompt_tokens (chat template included)
 
 
-def test_max_concurrency_bounds_in_flight_requests(start_sim) -> None:
+def test_max_concurrency_bounds_in_flight_requests(start_sim: StartSim) -> None:
     server = start_sim(profile="deterministic", ttft_ms=20, itl_ms=10)
     settings = BenchSettings(base_url=server.base_url, model="llmperf-sim", max_concurrency=4)
     result = run_benchmark_sync(settings, requests(12, 5))
@@ -61,7 +62,7 @@ def test_finite_rate_arrivals_are_rescaled_and_seeded() -> None:
     assert np.all(arrival_offsets(5, math.inf, 1.0, seed=0) == 0)
 
 
-def test_request_rate_paces_sends(start_sim) -> None:
+def test_request_rate_paces_sends(start_sim: StartSim) -> None:
     server = start_sim(profile="deterministic", ttft_ms=5, itl_ms=5)
     settings = BenchSettings(base_url=server.base_url, model="llmperf-sim", request_rate=20.0, seed=0)
     t0 = time.perf_counter()
@@ -107,7 +108,9 @@ def test_chat_and_completions_bodies_match_vllm() -> None:
         (("--reset-rate", "0.5"), "ConnectionClosedError"),
     ],
 )
-def test_server_faults_become_failed_requests_with_their_error(start_sim, fault: tuple[str, str], error: str) -> None:
+def test_server_faults_become_failed_requests_with_their_error(
+    start_sim: StartSim, fault: tuple[str, str], error: str
+) -> None:
     server = start_sim(*fault, profile="deterministic", ttft_ms=5, itl_ms=5)
     settings = BenchSettings(base_url=server.base_url, model="llmperf-sim")
     # a fraction, so that the readiness probe (a real request too) gets through
@@ -118,7 +121,7 @@ def test_server_faults_become_failed_requests_with_their_error(start_sim, fault:
     assert m.total_output == 8 * m.completed
 
 
-def test_stalled_stream_is_caught_by_the_stall_timeout(start_sim) -> None:
+def test_stalled_stream_is_caught_by_the_stall_timeout(start_sim: StartSim) -> None:
     # the readiness probe and the two warm-up requests are requests 1 to 3
     server = start_sim("--stall-after", "3", profile="deterministic", ttft_ms=5, itl_ms=5)
     settings = BenchSettings(base_url=server.base_url, model="llmperf-sim", stall_timeout_s=0.5)
@@ -129,7 +132,7 @@ def test_stalled_stream_is_caught_by_the_stall_timeout(start_sim) -> None:
     assert all("Timeout" in e for e in result.errors), result.errors
 
 
-def test_server_crash_mid_run_fails_requests_not_the_run(start_sim) -> None:
+def test_server_crash_mid_run_fails_requests_not_the_run(start_sim: StartSim) -> None:
     # the readiness probe and the two warm-up requests are requests 1 to 3
     server = start_sim("--crash-after", "5", profile="deterministic", ttft_ms=5, itl_ms=5)
     settings = BenchSettings(base_url=server.base_url, model="llmperf-sim", max_concurrency=1)

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from suite_files import PERF_TEST
+from suite_files import PERF_TEST, StartSim
 
 from pytest_llmperf.engines.classify import classify
 from pytest_llmperf.errors import ServerCrashError, ServerOutOfMemoryError, ServerStartupError, UnsupportedConfigError
@@ -139,7 +139,11 @@ def test_gpu_detection_from_recorded_nvidia_smi(tmp_path: Path, monkeypatch: pyt
     assert missing_hardware("h200", gpus) is None
     key = hardware_key(gpus)
     assert key["gpus"] == "8x NVIDIA H200" and key["driver"] == "570.86.15" and key["kind"] == "host"
-    assert key["cpu"] and key["cpu_isa"]  # the CPU class is part of the key too
+    # the CPU class is part of the key too: this host's model name and vector extension
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = cpuinfo.split("model name", 1)[1].split(":", 1)[1].split("\n", 1)[0].strip()
+    assert key["cpu"] == f"{os.cpu_count()}x {model}"
+    assert key["cpu_isa"] in ("amx", "avx512-bf16", "avx512", "avx2", "baseline") and key["cpu_isa"] == cpu_isa()
     assert gpu_slice("gw1", 4, 2, gpus) == [2, 3]
     assert gpu_slice(None, 1, 8, gpus) is None
     with pytest.raises(ValueError, match="run with at most -n 1"):
@@ -223,7 +227,7 @@ def pytest_sessionfinish(session):
     assert called.index("pytest_llmperf.plugin") < called.index("WorkerInteractor"), called
 
 
-def test_external_endpoint_mode_through_a_mapping_file(pytester: pytest.Pytester, start_sim) -> None:
+def test_external_endpoint_mode_through_a_mapping_file(pytester: pytest.Pytester, start_sim: StartSim) -> None:
     server = start_sim(profile="deterministic", ttft_ms=5, itl_ms=5)  # started outside the pytest run
     (pytester.path / "endpoints.toml").write_text(f'ext = "{server.base_url}"\n')
     matrix = engine("ext").replace('engine = "sim"', 'engine = "vllm"')  # a real engine's config: never launched
@@ -304,7 +308,7 @@ def test_tiny_model_command_writes_a_llama_vllm_can_load_without_a_hub(tmp_path:
     pytest.importorskip("tokenizers")
     from tokenizers import Tokenizer
 
-    from pytest_llmperf.cli import main
+    from pytest_llmperf.cli.main import main
 
     assert main(["tiny-model", str(tmp_path / "m"), "--heads", "8", "--layers", "4"]) == 0
     config = json.loads((tmp_path / "m" / "config.json").read_text())

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llmperf.gate import (
-    DEFAULT_GATED,
+from pytest_llmperf.gate.decision import (
     compare_metric,
     compare_samples,
     format_failure,
@@ -111,8 +110,25 @@ def test_per_metric_tolerance_overrides_default() -> None:
     assert overall_verdict(compare_samples(base, cur, tolerances={"output_throughput": 0.1})) == "PASS"
 
 
-def test_default_gated_metrics() -> None:
-    assert set(DEFAULT_GATED) == {"total_token_throughput", "output_throughput", "mean_tpot_ms", "failed"}
+def test_only_the_default_gated_metrics_can_fail_a_test() -> None:
+    """A 30% change the wrong way in every metric: the gated ones FAIL, the others are reported only."""
+    base = {
+        "total_token_throughput": [1000.0, 1001.0, 999.0],
+        "output_throughput": [500.0, 501.0, 499.0],
+        "request_throughput": [10.0, 10.01, 9.99],
+        "mean_tpot_ms": [20.0, 20.1, 19.9],
+        "mean_ttft_ms": [100.0, 100.5, 99.5],
+        "p99_ttft_ms": [150.0, 151.0, 149.0],
+        "failed": [0.0, 0.0, 0.0],
+    }
+    worse = {k: [x * (1.3 if k.endswith("_ms") else 0.7) for x in v] for k, v in base.items()}
+    rows = {r.metric: r for r in compare_samples(base, worse, tolerances={})}
+    failing = {m for m, r in rows.items() if r.gated and r.verdict == "FAIL"}
+    assert failing == {"total_token_throughput", "output_throughput", "mean_tpot_ms"}
+    assert not rows["mean_ttft_ms"].gated and not rows["request_throughput"].gated
+    assert rows["failed"].gated and rows["failed"].verdict == "PASS"
+    worse["failed"] = [0.0, 1.0, 0.0]  # one failed request in one run is a functional failure
+    assert {r.metric: r.verdict for r in compare_samples(base, worse, tolerances={})}["failed"] == "FAIL"
 
 
 def test_failure_message_is_compact_and_names_everything() -> None:

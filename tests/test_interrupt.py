@@ -39,9 +39,7 @@ def wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
     return False
 
 
-@pytest.mark.parametrize(
-    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "sigterm", "sigkill"]
-)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "sigterm", "sigkill"])
 def test_signal_during_a_run_leaves_no_server_process(pytester: pytest.Pytester, sig: signal.Signals) -> None:
     pytester.makefile(".toml", matrix=MATRIX)
     pytester.makepyfile(test_perf=PERF_TEST)

@@ -29,12 +29,16 @@ def rec(start: float, ttft: float, itl: list[float], tokens: int, prompt: int = 
     )
 
 
-def test_latency_minus_ttft_is_sum_of_itls_and_tpot_definition() -> None:
-    r = rec(0.0, 0.1, [0.02, 0.03, 0.05], tokens=4)
-    assert r.latency - r.ttft == pytest.approx(sum(r.itl))
+def test_tpot_is_latency_minus_ttft_over_tokens_after_the_first_not_the_itl_sum() -> None:
+    # vLLM: TPOT = (E2EL - TTFT) / (output tokens - 1). The ITLs here sum to 0.10 s while E2EL - TTFT is
+    # 0.20 s (a last SSE message after the last token), so a TPOT built from the ITLs would be half
+    r = RequestRecord(
+        prompt_len=10, success=True, start_time=0.0, ttft=0.1, itl=[0.02, 0.03, 0.05], latency=0.3, output_tokens=4
+    )
     m = calculate_metrics([r], duration=1.0)
-    assert m.stats["tpot"]["mean"] == pytest.approx((0.1 / 3) * 1000)
-    assert m.stats["e2el"]["mean"] == pytest.approx(200.0)
+    assert m.stats["tpot"]["mean"] == pytest.approx((0.3 - 0.1) / 3 * 1000)
+    assert m.stats["itl"]["mean"] == pytest.approx(0.1 / 3 * 1000)
+    assert m.stats["e2el"]["mean"] == pytest.approx(300.0)
     assert m.stats["ttft"]["mean"] == pytest.approx(100.0)
 
 

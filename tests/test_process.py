@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pytest
-from suite_files import pid_alive
+from suite_files import StartSim, pid_alive
 
 from pytest_llmperf.engines import group_members
 from pytest_llmperf.errors import ServerStartupError, ServerTimeoutError, UnsupportedConfigError
 
 
-def test_stop_kills_the_whole_group_children_included(start_sim) -> None:
+def test_stop_kills_the_whole_group_children_included(start_sim: StartSim) -> None:
     server = start_sim("--spawn-children", "2")
     pgid = server.pgid
     assert pgid is not None
-    children = [
-        int(p) for p in re.findall(r"\d+", re.search(r"child processes \[(.*)\]", server.log_path.read_text()).group(1))
-    ]
+    listed = re.search(r"child processes \[(.*)\]", server.log_path.read_text())
+    assert listed is not None
+    children = [int(p) for p in re.findall(r"\d+", listed.group(1))]
     assert len(children) == 2 and all(pid_alive(p) for p in children)
     assert len(group_members(pgid)) >= 3
     server.stop()
@@ -27,7 +28,7 @@ def test_stop_kills_the_whole_group_children_included(start_sim) -> None:
     assert "### llmperf: stopped" in server.log_path.read_text()
 
 
-def test_stop_escalates_to_sigkill_for_a_server_ignoring_sigterm(tmp_path) -> None:
+def test_stop_escalates_to_sigkill_for_a_server_ignoring_sigterm(tmp_path: Path) -> None:
     from pytest_llmperf.engines import ServerProcess, process
     from pytest_llmperf.engines.launch import LaunchSpec
 
@@ -48,7 +49,7 @@ def test_stop_escalates_to_sigkill_for_a_server_ignoring_sigterm(tmp_path) -> No
     assert server.proc is None and group_members(server.pgid or 0) == []
 
 
-def test_startup_failure_shows_exit_code_and_log_tail(start_sim) -> None:
+def test_startup_failure_shows_exit_code_and_log_tail(start_sim: StartSim) -> None:
     with pytest.raises(ServerStartupError) as exc:
         start_sim("--fail-at-startup", "ValueError: backend FLASHMLA is not supported", "--fail-exit-code", "7")
     msg = str(exc.value)
@@ -59,7 +60,7 @@ def test_startup_failure_shows_exit_code_and_log_tail(start_sim) -> None:
     assert exc.value.config_id == "sim0"
 
 
-def test_startup_timeout_names_the_config_and_leaves_nothing(tmp_path) -> None:
+def test_startup_timeout_names_the_config_and_leaves_nothing(tmp_path: Path) -> None:
     from pytest_llmperf.config import EngineConfig
     from pytest_llmperf.engines import ServerProcess, free_port, render_launch
 
@@ -83,7 +84,7 @@ def test_startup_timeout_names_the_config_and_leaves_nothing(tmp_path) -> None:
     assert server.pgid is not None and group_members(server.pgid) == []
 
 
-def test_missing_engine_binary_is_a_clear_error(tmp_path) -> None:
+def test_missing_engine_binary_is_a_clear_error(tmp_path: Path) -> None:
     from pytest_llmperf.engines import ServerProcess
     from pytest_llmperf.engines.launch import LaunchSpec
 

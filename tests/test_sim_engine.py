@@ -12,6 +12,7 @@ import sys
 
 import httpx
 import pytest
+from suite_files import StartSim
 
 from pytest_llmperf.sim.engine import PROFILES, Profile, SimEngine
 
@@ -122,14 +123,18 @@ def test_a_small_kv_cache_preempts_recomputes_and_loses_nothing() -> None:
 
 def test_profiles_are_documented_models() -> None:
     for name, profile in PROFILES.items():
-        assert profile.name == name and profile.description
+        assert profile.name == name
+        if name.startswith("h200-"):  # each H200 profile says what it models and that it is not a measurement
+            engine = name.removeprefix("h200-")
+            assert f"8xH200 ({engine}-shaped overheads)" in profile.description
+            assert "not a measurement" in profile.description
     h200 = PROFILES["h200-vllm"]
     # the MoE weight stream saturates with batch size: the step hardly grows beyond ~128 sequences
     assert h200.step_time(256, 256, 0, 0) - h200.step_time(128, 128, 0, 0) < 0.003
     assert h200.step_time(1, 1, 0, 0) < h200.step_time(64, 64, 0, 0) < 0.035
 
 
-def test_preemptions_show_in_metrics_over_http(start_sim) -> None:
+def test_preemptions_show_in_metrics_over_http(start_sim: StartSim) -> None:
     from pytest_llmperf.loadgen import BenchSettings, random_requests, run_benchmark_sync
     from pytest_llmperf.tokenizer import SimTokenizer
 
@@ -148,7 +153,9 @@ def test_preemptions_show_in_metrics_over_http(start_sim) -> None:
     assert "vllm:inter_token_latency_seconds_count" in text and "vllm:e2e_request_latency_seconds_sum" in text
 
 
-def _serve_1000_streams(start_sim, *extra_args: str, request_rate: float, ttft_ms: float = 50) -> dict[str, float]:
+def _serve_1000_streams(
+    start_sim: StartSim, *extra_args: str, request_rate: float, ttft_ms: float = 50
+) -> dict[str, float]:
     """1000 concurrent streams x 100 tokens from the deterministic profile (ITL 50 ms), the simulator pinned to
     one core and the client on the other(s); returns the server's llmperf_sim: schedule metrics."""
     from pytest_llmperf.loadgen import BenchSettings, random_requests, run_benchmark_sync
@@ -188,7 +195,9 @@ def _sched_fifo_permitted() -> bool:
     return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
 
 
-def test_deterministic_profile_writes_every_token_within_5ms_of_its_schedule_at_1000_streams(start_sim) -> None:
+def test_deterministic_profile_writes_every_token_within_5ms_of_its_schedule_at_1000_streams(
+    start_sim: StartSim,
+) -> None:
     """Issue #4's bound, read from the server's own timestamps: every token of 1000 streams sent at once is
     written within 5 ms of arrival + ttft + (n-1) * itl. With a TTFT of 10 ms, first tokens fall due while
     the server is still parsing the arrival burst (tens of us a request): they must be written between two
@@ -202,7 +211,7 @@ def test_deterministic_profile_writes_every_token_within_5ms_of_its_schedule_at_
     assert metrics["llmperf_sim:max_lateness_seconds"] < 0.005, metrics
 
 
-def test_deterministic_profile_keeps_up_at_1000_streams_at_normal_priority(start_sim) -> None:
+def test_deterministic_profile_keeps_up_at_1000_streams_at_normal_priority(start_sim: StartSim) -> None:
     # arrivals spread evenly over one inter-token interval: a steady 20,000 tokens/s. At normal priority a
     # shared runner takes the core away now and then (one 13 ms pause at 20,000 tokens/s makes ~260 tokens
     # late at once), so this bounds what a simulator that cannot keep up would show instead: its backlog

@@ -10,6 +10,8 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from pytest_llmperf.sim import http as sim_http
 from pytest_llmperf.sim.http import HttpConnection, Request
 
@@ -126,7 +128,9 @@ def test_bad_content_lengths_are_refused() -> None:
         run(client)
 
 
-def test_a_client_that_never_reads_its_stream_is_dropped_not_buffered_without_bound(monkeypatch) -> None:
+def test_a_client_that_never_reads_its_stream_is_dropped_not_buffered_without_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(sim_http, "MAX_UNREAD_BYTES", 4 * 1024 * 1024)
     piece = b"data: " + b"x" * (256 * 1024) + b"\n\n"
     written = 0

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import httpx
 import pytest
+from suite_files import StartSim
 
 from pytest_llmperf.engines import ServerProcess, free_port
 from pytest_llmperf.engines.scrape import scrape_metrics
@@ -106,13 +108,15 @@ def test_metrics_use_vllm_names_and_count_tokens(shared_sim: ServerProcess) -> N
         ({"model": "llmperf-sim", "prompt": 5}, 400, "'prompt' must be"),
     ],
 )
-def test_bad_requests_get_openai_errors(shared_sim: ServerProcess, body: dict, status: int, text: str) -> None:
+def test_bad_requests_get_openai_errors(
+    shared_sim: ServerProcess, body: dict[str, object], status: int, text: str
+) -> None:
     r = httpx.post(shared_sim.base_url + "/v1/completions", json=body)
     assert r.status_code == status
     assert text in r.json()["error"]["message"]
 
 
-def test_engine_command_line_flags_are_accepted_and_unknown_ones_ignored(start_sim) -> None:
+def test_engine_command_line_flags_are_accepted_and_unknown_ones_ignored(start_sim: StartSim) -> None:
     server = start_sim("--trust-remote-code", "--kv-cache-dtype", "fp8")
     assert httpx.get(server.base_url + "/health").status_code == 200
     assert "ignoring flags it does not model: --trust-remote-code --kv-cache-dtype fp8" in server.log_path.read_text()
@@ -131,7 +135,13 @@ def test_realtime_priority_without_the_privilege_fails_at_start_naming_the_fix()
     assert "needs Linux and root or CAP_SYS_NICE. Drop the option to serve at normal priority." in proc.stderr
 
 
-def test_eos_ends_outputs_early_unless_ignore_eos(start_sim) -> None:
+def success_counts(base_url: str) -> dict[str, float]:
+    text = httpx.get(base_url + "/metrics").text
+    found = re.findall(r'vllm:request_success_total\{[^}]*finished_reason="(\w+)"\} ([\d.]+)', text)
+    return {reason: float(n) for reason, n in found}
+
+
+def test_eos_ends_outputs_early_unless_ignore_eos(start_sim: StartSim) -> None:
     server = start_sim("--eos-mean-tokens", "5", profile="deterministic", ttft_ms=1, itl_ms=1)
 
     def run(ignore_eos: bool) -> list[tuple[int, str]]:
@@ -143,6 +153,15 @@ def test_eos_ends_outputs_early_unless_ignore_eos(start_sim) -> None:
         return out
 
     natural = run(False)
-    assert all(n < 50 and reason == "stop" for n, reason in natural if reason == "stop")
+    # every output either stopped early at its EOS, or ran to max_tokens as "length": nothing else
+    assert all((reason == "stop" and n < 50) or (reason == "length" and n == 50) for n, reason in natural)
     assert sum(reason == "stop" for _, reason in natural) >= 6
     assert run(True) == [(50, "length")] * 8
+    # /metrics counts successes by finished_reason, as vLLM does (readiness probes count too: take deltas)
+    before = success_counts(server.base_url)
+    natural = run(False)
+    run(True)
+    after = success_counts(server.base_url)
+    stops = sum(reason == "stop" for _, reason in natural)
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    assert delta == {"stop": stops, "length": 16 - stops}

@@ -395,7 +395,7 @@ def test_a_refresh_keeps_the_file_mode_and_a_new_file_gets_the_umask(pytester: p
 def test_a_writer_killed_mid_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     target = tmp_path / "b.json"
     code = (
-        "import sys\nfrom pathlib import Path\nfrom pytest_llmperf.baseline import write_text_atomic\n"
+        "import sys\nfrom pathlib import Path\nfrom pytest_llmperf.gate.baseline import write_text_atomic\n"
         "text = 'x' * (8 << 20)\nprint('go', flush=True)\n"
         f"while True: write_text_atomic(Path({str(target)!r}), text)\n"
     )
@@ -404,7 +404,7 @@ def test_a_writer_killed_mid_write_leaves_no_temporary_file(tmp_path: Path) -> N
     time.sleep(1.0)
     proc.kill()
     proc.wait()
-    from pytest_llmperf.baseline import write_text_atomic
+    from pytest_llmperf.gate.baseline import write_text_atomic
 
     write_text_atomic(target, "{}")  # a later write into the folder sweeps what a dead writer left, if anything
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 from pytest_llmperf import __version__
-from pytest_llmperf.baseline import Baseline, Provenance, baseline_path, write_baseline
 from pytest_llmperf.config import load_matrix
 from pytest_llmperf.engines.launch import canonical_command
+from pytest_llmperf.gate.baseline import Baseline, Provenance, baseline_path, write_baseline
 from pytest_llmperf.loadgen.parse_block import parse_result_block
 
 HERE = Path(__file__).resolve().parent
@@ -127,6 +127,9 @@ def main(study_path: str) -> int:
                 "version": cfg.version,
                 "model": cfg.model,
                 "command": canonical_command(cfg),
+                # the study's place of the config, so that `llmperf report` of these files needs no matrix
+                **({"knob": cfg.knob} if cfg.knob else {}),
+                **({"derives_from": cfg.derives_from} if cfg.derives_from else {}),
             },
             workload=json.loads(workloads[workload_id].model_dump_json(exclude={"markers"})),
             # the study names the file it used, not its content's hash: compared by name

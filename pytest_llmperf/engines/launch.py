@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pytest_llmperf.config import EngineConfig
 from pytest_llmperf.redact import redact_argv, redact_env
 
-__all__ = ["LaunchSpec", "canonical_command", "engine_prefix", "parse_version", "render_launch", "simulate_launch"]
+__all__ = ["LaunchSpec", "canonical_command", "parse_version", "render_launch", "simulate_launch"]
 
 ENGINE_PREFIX: dict[str, tuple[str, ...]] = {
     "vllm": ("vllm", "serve"),
@@ -55,16 +55,65 @@ def parse_version(version: str | None) -> tuple[int, ...] | None:
     return tuple(int(x) for x in m.group(1).split(".")) if m else None
 
 
-def engine_prefix(engine: str) -> tuple[str, ...]:
-    return ENGINE_PREFIX.get(engine, ())
+# Each engine's flags for the config's fields, in the order its docs (and the study) write them. A bool
+# field is a switch; None leaves the flag out. Adding an engine is a table here, its prefix above, and its
+# failure texts in classify.py.
+FLAGS: dict[str, tuple[tuple[str, str], ...]] = {
+    "vllm": (
+        ("-tp", "tensor_parallel_size"),
+        ("-dp", "data_parallel_size"),
+        ("-pp", "pipeline_parallel_size"),
+        ("-dcp", "decode_context_parallel_size"),
+        ("--enable-expert-parallel", "enable_expert_parallel"),
+        ("--tokenizer-mode", "tokenizer_mode"),
+        ("--reasoning-parser", "reasoning_parser"),
+        ("--tool-call-parser", "tool_call_parser"),
+        ("--enable-auto-tool-choice", "enable_auto_tool_choice"),
+        ("--chat-template", "chat_template"),
+        ("--max-model-len", "max_model_len"),
+        ("--max-num-seqs", "max_num_seqs"),
+        ("--kv-cache-dtype", "kv_cache_dtype"),
+    ),
+    "sglang": (
+        ("--chat-template", "chat_template"),
+        ("--tp-size", "tensor_parallel_size"),
+        ("--dp-size", "data_parallel_size"),
+        ("--enable-dp-attention", "dp_attention"),
+        ("--ep-size", "expert_parallel_size"),
+        ("--pp-size", "pipeline_parallel_size"),
+        ("--reasoning-parser", "reasoning_parser"),
+        ("--tool-call-parser", "tool_call_parser"),
+        ("--context-length", "max_model_len"),
+        ("--max-running-requests", "max_num_seqs"),
+        ("--kv-cache-dtype", "kv_cache_dtype"),
+        ("--attention-backend", "attention_backend"),
+    ),
+    "trtllm": (
+        ("--tp_size", "tensor_parallel_size"),
+        ("--ep_size", "expert_parallel_size"),
+        ("--pp_size", "pipeline_parallel_size"),
+        ("--max_seq_len", "max_model_len"),
+        ("--max_batch_size", "max_num_seqs"),
+        ("--reasoning_parser", "reasoning_parser"),
+    ),
+}
+SGLANG_SPECULATIVE = (
+    ("--speculative-algorithm", "algorithm"),
+    ("--speculative-num-steps", "num_steps"),
+    ("--speculative-eagle-topk", "eagle_topk"),
+    ("--speculative-num-draft-tokens", "num_draft_tokens"),
+)
+DEEP_GEMM_OFF = {"vllm": "VLLM_USE_DEEP_GEMM", "sglang": "SGLANG_ENABLE_JIT_DEEPGEMM", "trtllm": "TRTLLM_DG_ENABLED"}
 
 
 def _opt(flag: str, value: object | None) -> list[str]:
-    return [] if value is None else [flag, str(value)]
+    if value is None or value is False:
+        return []
+    return [flag] if value is True else [flag, str(value)]
 
 
-def _flag(flag: str, on: bool) -> list[str]:
-    return [flag] if on else []
+def _flags(obj: object, table: tuple[tuple[str, str], ...]) -> list[str]:
+    return [word for flag, name in table for word in _opt(flag, getattr(obj, name))]
 
 
 def _prefix(cfg: EngineConfig, python: str) -> list[str]:
@@ -73,21 +122,8 @@ def _prefix(cfg: EngineConfig, python: str) -> list[str]:
     return list(ENGINE_PREFIX[cfg.engine])
 
 
-def _vllm(cfg: EngineConfig, env: dict[str, str], python: str) -> list[str]:
-    argv = [*_prefix(cfg, python), cfg.model]
-    argv += _opt("-tp", cfg.tensor_parallel_size)
-    argv += _opt("-dp", cfg.data_parallel_size)
-    argv += _opt("-pp", cfg.pipeline_parallel_size)
-    argv += _opt("-dcp", cfg.decode_context_parallel_size)
-    argv += _flag("--enable-expert-parallel", cfg.enable_expert_parallel)
-    argv += _opt("--tokenizer-mode", cfg.tokenizer_mode)
-    argv += _opt("--reasoning-parser", cfg.reasoning_parser)
-    argv += _opt("--tool-call-parser", cfg.tool_call_parser)
-    argv += _flag("--enable-auto-tool-choice", cfg.enable_auto_tool_choice)
-    argv += _opt("--chat-template", cfg.chat_template)
-    argv += _opt("--max-model-len", cfg.max_model_len)
-    argv += _opt("--max-num-seqs", cfg.max_num_seqs)
-    argv += _opt("--kv-cache-dtype", cfg.kv_cache_dtype)
+def _vllm(cfg: EngineConfig, env: dict[str, str]) -> list[str]:
+    argv = [cfg.model, *_flags(cfg, FLAGS["vllm"])]
     if cfg.speculative is not None:
         spec = {
             k: v
@@ -104,53 +140,33 @@ def _vllm(cfg: EngineConfig, env: dict[str, str], python: str) -> list[str]:
             env["VLLM_ATTENTION_BACKEND"] = cfg.attention_backend
         else:
             argv += ["--attention-backend", cfg.attention_backend]
-    if cfg.deep_gemm is False:
-        env["VLLM_USE_DEEP_GEMM"] = "0"
-    argv += _opt("--served-model-name", cfg.served_model_name)
     return argv
 
 
-def _sglang(cfg: EngineConfig, env: dict[str, str], python: str) -> list[str]:
-    argv = [*_prefix(cfg, python), "--model-path", cfg.model]
-    argv += _opt("--chat-template", cfg.chat_template)
-    argv += _opt("--tp-size", cfg.tensor_parallel_size)
-    argv += _opt("--dp-size", cfg.data_parallel_size)
-    argv += _flag("--enable-dp-attention", cfg.dp_attention)
-    argv += _opt("--ep-size", cfg.expert_parallel_size)
-    argv += _opt("--pp-size", cfg.pipeline_parallel_size)
-    argv += _opt("--reasoning-parser", cfg.reasoning_parser)
-    argv += _opt("--tool-call-parser", cfg.tool_call_parser)
-    argv += _opt("--context-length", cfg.max_model_len)
-    argv += _opt("--max-running-requests", cfg.max_num_seqs)
-    argv += _opt("--kv-cache-dtype", cfg.kv_cache_dtype)
-    argv += _opt("--attention-backend", cfg.attention_backend)
+def _sglang(cfg: EngineConfig, env: dict[str, str]) -> list[str]:
+    argv = ["--model-path", cfg.model, *_flags(cfg, FLAGS["sglang"])]
     sparse = cfg.attention_backend if cfg.attention_backend in ("nsa", "dsa") else None
     argv += _opt(
         f"--{sparse}-prefill-backend" if sparse else "--prefill-attention-backend", cfg.prefill_attention_backend
     )
     argv += _opt(f"--{sparse}-decode-backend" if sparse else "--decode-attention-backend", cfg.decode_attention_backend)
     if cfg.speculative is not None:
-        s = cfg.speculative
-        argv += _opt("--speculative-algorithm", s.algorithm)
-        argv += _opt("--speculative-num-steps", s.num_steps)
-        argv += _opt("--speculative-eagle-topk", s.eagle_topk)
-        argv += _opt("--speculative-num-draft-tokens", s.num_draft_tokens)
-    if cfg.deep_gemm is False:
-        env["SGLANG_ENABLE_JIT_DEEPGEMM"] = "0"
-    argv += _opt("--served-model-name", cfg.served_model_name)
+        argv += _flags(cfg.speculative, SGLANG_SPECULATIVE)
     return argv
 
 
-def _trtllm(cfg: EngineConfig, env: dict[str, str], python: str) -> list[str]:
-    argv = [*_prefix(cfg, python), cfg.model]
-    argv += _opt("--tp_size", cfg.tensor_parallel_size)
-    argv += _opt("--ep_size", cfg.expert_parallel_size)
-    argv += _opt("--pp_size", cfg.pipeline_parallel_size)
-    argv += _opt("--max_seq_len", cfg.max_model_len)
-    argv += _opt("--max_batch_size", cfg.max_num_seqs)
-    argv += _opt("--reasoning_parser", cfg.reasoning_parser)
+def _trtllm(cfg: EngineConfig, env: dict[str, str]) -> list[str]:
+    return [cfg.model, *_flags(cfg, FLAGS["trtllm"])]
+
+
+def _engine(cfg: EngineConfig, env: dict[str, str], python: str) -> list[str]:
+    """A real engine's command: prefix, the engine's own flags, DeepGEMM off, the served name."""
+    build = {"vllm": _vllm, "sglang": _sglang, "trtllm": _trtllm}[cfg.engine]
+    argv = [*_prefix(cfg, python), *build(cfg, env)]
     if cfg.deep_gemm is False:
-        env["TRTLLM_DG_ENABLED"] = "0"
+        env[DEEP_GEMM_OFF[cfg.engine]] = "0"
+    if cfg.engine != "trtllm":
+        argv += _opt("--served-model-name", cfg.served_model_name)
     return argv
 
 
@@ -193,14 +209,7 @@ def render_launch(
     command is the one a user types by hand.
     """
     env: dict[str, str] = {}
-    if cfg.engine == "vllm":
-        argv = _vllm(cfg, env, python)
-    elif cfg.engine == "sglang":
-        argv = _sglang(cfg, env, python)
-    elif cfg.engine == "trtllm":
-        argv = _trtllm(cfg, env, python)
-    else:
-        argv = _sim(cfg, python, sim_slowdown)
+    argv = _sim(cfg, python, sim_slowdown) if cfg.engine == "sim" else _engine(cfg, env, python)
     listen_host = host or cfg.host
     listen_port = port if port is not None else cfg.port
     if cfg.engine == "sglang":  # SGLang's scripts put the address right after the model

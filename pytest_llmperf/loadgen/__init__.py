@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pytest_llmperf.loadgen.datasets import SampleRequest, random_requests, sharegpt_requests
-from pytest_llmperf.loadgen.runner import BenchmarkResult, BenchSettings, run_benchmark, run_benchmark_sync
+from pytest_llmperf.loadgen.run import run_benchmark_sync
+from pytest_llmperf.loadgen.runner import BenchmarkResult, BenchSettings, run_benchmark
 
 __all__ = [
     "BenchSettings",

@@ -13,6 +13,8 @@ import os
 import time
 from typing import Any
 
+import orjson
+
 from pytest_llmperf.loadgen.datasets import SampleRequest
 from pytest_llmperf.loadgen.http1 import ConnectionPool
 from pytest_llmperf.metrics import RequestRecord
@@ -21,7 +23,7 @@ __all__ = ["MalformedStreamError", "ServerStreamError", "auth_headers", "build_p
 
 _DATA = b"data:"
 _DONE = b"[DONE]"
-_loads = json.loads
+_loads = orjson.loads  # 2.5x faster than json.loads per SSE event (docs/performance.md)
 
 
 def auth_headers(*, chat: bool) -> dict[str, str]:

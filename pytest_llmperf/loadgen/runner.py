@@ -19,12 +19,13 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from pytest_llmperf.config import Workload
 from pytest_llmperf.loadgen.client import auth_headers, build_payload, send_streaming_request
 from pytest_llmperf.loadgen.datasets import SampleRequest
 from pytest_llmperf.loadgen.http1 import ConnectionPool, ResponseProtocolError
 from pytest_llmperf.metrics import BenchmarkMetrics, RequestRecord, calculate_metrics
 
-__all__ = ["BenchSettings", "BenchmarkResult", "arrival_offsets", "run_benchmark", "run_benchmark_sync"]
+__all__ = ["BenchSettings", "BenchmarkResult", "ProgressFn", "arrival_offsets", "run_benchmark", "run_in_loop"]
 
 T = TypeVar("T")
 ProgressFn = Callable[[int, int, int, float], None]  # done, total, output tokens so far, elapsed s
@@ -58,6 +59,26 @@ class BenchSettings:
     percentiles: tuple[float, ...] = (99.0,)
     selected: tuple[str, ...] = ("ttft", "tpot", "itl", "e2el")  # metrics with percentile statistics
     goodput: dict[str, float] | None = None
+
+    @classmethod
+    def for_workload(cls, workload: Workload, *, base_url: str, model: str, **overrides: Any) -> BenchSettings:
+        """The settings a workload implies (the one place its fields become settings); ``overrides`` win."""
+        fields: dict[str, Any] = {
+            "backend": workload.backend,
+            "endpoint": workload.resolved_endpoint,
+            "request_rate": workload.request_rate,
+            "burstiness": workload.burstiness,
+            "max_concurrency": workload.max_concurrency,
+            "seed": workload.seed,
+            # vLLM forces ignore_eos for the random dataset (PR #28227)
+            "ignore_eos": workload.ignore_eos or workload.dataset == "random",
+            "num_warmups": workload.num_warmups,
+            "timeout_s": workload.timeout_s,
+            "stall_timeout_s": workload.stall_timeout_s,
+            "server_stall_timeout_s": workload.server_stall_timeout_s,
+        }
+        fields.update(overrides)
+        return cls(base_url=base_url, model=model, **fields)
 
 
 @dataclass
@@ -277,18 +298,3 @@ def run_in_loop(coro: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(coro)
     return uvloop.run(coro)
-
-
-def run_benchmark_sync(
-    settings: BenchSettings,
-    requests: Sequence[SampleRequest],
-    *,
-    progress: ProgressFn | None = None,
-    count_tokens: Callable[[str], int] | None = None,
-) -> BenchmarkResult:
-    """One whole run: in this process, or spread over ``settings.client_workers`` processes."""
-    if settings.client_workers > 1:
-        from pytest_llmperf.loadgen.workers import run_distributed
-
-        return run_distributed(settings, requests, count_tokens=count_tokens)
-    return run_in_loop(run_benchmark(settings, requests, progress=progress, count_tokens=count_tokens))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from pytest_llmperf.sim.server import main
+from pytest_llmperf.sim.process import main
 
 if __name__ == "__main__":
     args = sys.argv[1:]

@@ -110,7 +110,7 @@ def render_metrics(
     *,
     gauges: Mapping[str, float],
     counters: Mapping[str, float],
-    success: int,
+    success: dict[str, int],
     histograms: Sequence[Histogram],
     sim: Mapping[str, float],
 ) -> str:
@@ -136,7 +136,10 @@ def render_metrics(
         f"vllm:num_preemptions_total{label} {float(counters['preemptions'])}",
         "# HELP vllm:request_success_total Count of successfully processed requests.",
         "# TYPE vllm:request_success_total counter",
-        f'vllm:request_success_total{{model_name="{model}",finished_reason="length"}} {float(success)}',
+        *(
+            f'vllm:request_success_total{{model_name="{model}",finished_reason="{reason}"}} {float(n)}'
+            for reason, n in sorted((success or {"length": 0}).items())
+        ),
     ]
     for h in histograms:
         out.extend(h.render(label))

@@ -21,8 +21,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from scipy import stats
-
 __all__ = [
     "DEFAULT_GATED",
     "REPORTED",
@@ -84,7 +82,8 @@ class MetricVerdict:
 
 
 def _p_value_worse(base: Sequence[float], cur: Sequence[float], higher_better: bool) -> float:
-    """One-sided Welch t-test p-value for 'current is worse than baseline'."""
+    """One-sided two-sample (pooled-variance, Student) t-test p-value for 'current is worse than baseline'."""
+    from scipy import stats  # imported on the first comparison, not when the plugin loads
     alternative = "less" if higher_better else "greater"  # cur - base
     if statistics.pvariance(base) == 0 and statistics.pvariance(cur) == 0:
         worse = (

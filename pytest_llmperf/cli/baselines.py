@@ -14,11 +14,11 @@ from typing import Any
 
 from tabulate import tabulate
 
-from pytest_llmperf.baseline import SCHEMA_VERSION, load_baseline, write_baseline
 from pytest_llmperf.errors import BaselineError
-from pytest_llmperf.gate import DEFAULT_TOLERANCE, compare_samples, overall_verdict
-from pytest_llmperf.identity import dataset_identity
-from pytest_llmperf.report import summary_table
+from pytest_llmperf.gate.baseline import SCHEMA_VERSION, load_baseline, write_baseline
+from pytest_llmperf.gate.decision import DEFAULT_TOLERANCE, compare_samples, overall_verdict
+from pytest_llmperf.gate.identity import dataset_identity
+from pytest_llmperf.report.terminal import summary_table
 
 __all__ = ["baselines_main", "compare_main", "load_samples"]
 

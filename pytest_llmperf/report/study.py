@@ -15,6 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from tabulate import tabulate
+
+from pytest_llmperf.report.rows import fmt_num
+
 __all__ = ["Entry", "StudyView", "build_view", "render_markdown"]
 
 REFERENCE_METRIC = "total_token_throughput"
@@ -130,67 +134,73 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:+.2%}"
 
 
-def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:,.2f}"
+def _md(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return [*tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True).splitlines(), ""]
 
 
 def render_markdown(view: StudyView) -> str:
     out = [f"# Study view ({view.workload}, by {REFERENCE_METRIC})", ""]
     for engine, rows in view.per_engine.items():
-        out += [
-            f"## {engine}: each configuration against the engine's baseline configuration",
-            "",
-            "| configuration | knob | total tok/s | change | output tok/s | change | mean TPOT ms | change |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
+        out += [f"## {engine}: each configuration against the engine's baseline configuration", ""]
+        headers = ("configuration", "knob", "total tok/s", "change", "output tok/s", "change", "mean TPOT ms", "change")
+        cells: list[list[str]] = []
         for entry, ch in rows:
             m = entry.metrics
-            out.append(
-                f"| {entry.config} | {entry.knob or 'baseline'} | {_num(m.get('total_token_throughput'))} | "
-                f"{_pct(ch['total_token_throughput'])} | {_num(m.get('output_throughput'))} | "
-                f"{_pct(ch['output_throughput'])} | {_num(m.get('mean_tpot_ms'))} | {_pct(ch['mean_tpot_ms'])} |"
+            cells.append(
+                [entry.config, entry.knob or "baseline"]
+                + [x for k in TABLE_METRICS[:3] for x in (fmt_num(m.get(k)), _pct(ch[k]))]
             )
-        out.append("")
+        out += _md(headers, cells)
     if view.start is not None:
         out += [
             "## Summary of optimization options",
             "",
-            f"Start: `{view.start.config}` ({_num(view.start.metrics[REFERENCE_METRIC])} tok/s), the best "
+            f"Start: `{view.start.config}` ({fmt_num(view.start.metrics[REFERENCE_METRIC])} tok/s), the best "
             "engine configuration at defaults.",
             "",
-            "| optimization option | throughput improvement | configuration | total tok/s |",
-            "|---|---|---|---|",
         ]
-        for step in view.chain:
-            label = KNOB_LABELS.get(step.knob, step.knob)
-            out.append(f"| {label} | {_pct(step.change)} | {step.config or '-'} | {_num(step.value)} |")
-        out.append(f"| Total (vs baseline) | {_pct(view.total_change)} | | |")
-        out.append("")
+        cells = [
+            [KNOB_LABELS.get(step.knob, step.knob), _pct(step.change), step.config or "-", fmt_num(step.value)]
+            for step in view.chain
+        ]
+        cells.append(["Total (vs baseline)", _pct(view.total_change), "", ""])
+        out += _md(("optimization option", "throughput improvement", "configuration", "total tok/s"), cells)
     if view.best is not None:
         out += [
             "## Best configuration",
             "",
-            f"`{view.best.config}`: {_num(view.best.metrics[REFERENCE_METRIC])} total tok/s on {view.workload}.",
+            f"`{view.best.config}`: {fmt_num(view.best.metrics[REFERENCE_METRIC])} total tok/s on {view.workload}.",
             "",
             "```bash",
             view.best.command or "(command not recorded)",
             "```",
             "",
-        ]
-        out += [
             f"## Baseline (`{view.start.config if view.start else '-'}`) vs best (`{view.best.config}`)",
             "",
-            "| workload | baseline total tok/s | baseline mean TPOT ms | best total tok/s | change | "
-            "best mean TPOT ms |",
-            "|---|---|---|---|---|---|",
         ]
+        cells = []
         for w, base, best in view.comparison:
-            bt = base.metrics.get("total_token_throughput") if base else None
-            nt = best.metrics.get("total_token_throughput") if best else None
-            out.append(
-                f"| {w} | {_num(bt)} | {_num(base.metrics.get('mean_tpot_ms') if base else None)} | "
-                f"{_num(nt)} | {_pct(_change(nt, bt))} | "
-                f"{_num(best.metrics.get('mean_tpot_ms') if best else None)} |"
+            bt = base.metrics.get(REFERENCE_METRIC) if base else None
+            nt = best.metrics.get(REFERENCE_METRIC) if best else None
+            cells.append(
+                [
+                    w,
+                    fmt_num(bt),
+                    fmt_num(base.metrics.get("mean_tpot_ms") if base else None),
+                    fmt_num(nt),
+                    _pct(_change(nt, bt)),
+                    fmt_num(best.metrics.get("mean_tpot_ms") if best else None),
+                ]
             )
-        out.append("")
+        out += _md(
+            (
+                "workload",
+                "baseline total tok/s",
+                "baseline mean TPOT ms",
+                "best total tok/s",
+                "change",
+                "best mean TPOT ms",
+            ),
+            cells,
+        )
     return "\n".join(out)

@@ -22,7 +22,7 @@ commands:
 
 
 def _sim(args: list[str]) -> int:
-    from pytest_llmperf.sim.server import main as sim_main
+    from pytest_llmperf.sim.process import main as sim_main
 
     if args[:1] == ["serve"]:
         return sim_main(args[1:])
@@ -44,7 +44,7 @@ def _sim(args: list[str]) -> int:
 
 
 def _bench(args: list[str]) -> int:
-    from pytest_llmperf.loadgen.bench_cli import main as bench_main
+    from pytest_llmperf.cli.bench import main as bench_main
 
     if args[:1] == ["serve"]:
         return bench_main(args[1:])
@@ -57,25 +57,25 @@ def _bench(args: list[str]) -> int:
 
 
 def _matrix(args: list[str]) -> int:
-    from pytest_llmperf.matrix_cli import main as matrix_main
+    from pytest_llmperf.cli.matrix import main as matrix_main
 
     return matrix_main(args)
 
 
 def _baselines(args: list[str]) -> int:
-    from pytest_llmperf.baselines_cli import baselines_main
+    from pytest_llmperf.cli.baselines import baselines_main
 
     return baselines_main(args)
 
 
 def _compare(args: list[str]) -> int:
-    from pytest_llmperf.baselines_cli import compare_main
+    from pytest_llmperf.cli.baselines import compare_main
 
     return compare_main(args)
 
 
 def _report(args: list[str]) -> int:
-    from pytest_llmperf.report_cli import main as report_main
+    from pytest_llmperf.cli.report import main as report_main
 
     return report_main(args)
 

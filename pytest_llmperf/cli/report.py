@@ -15,14 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pytest_llmperf.baseline import load_baseline
-from pytest_llmperf.config import EngineConfig
+from pytest_llmperf.config import EngineConfig, find_matrices
 from pytest_llmperf.engines.launch import canonical_command
 from pytest_llmperf.errors import BaselineError, ConfigError
-from pytest_llmperf.matrix_cli import find_matrices
-from pytest_llmperf.report import summary_table
-from pytest_llmperf.report_files import markdown_summary
-from pytest_llmperf.study_view import Entry, StudyView, build_view, render_markdown
+from pytest_llmperf.gate.baseline import load_baseline
+from pytest_llmperf.report.files import markdown_summary
+from pytest_llmperf.report.study import Entry, StudyView, build_view, render_markdown
+from pytest_llmperf.report.terminal import summary_table
 
 __all__ = ["main"]
 
@@ -70,16 +69,20 @@ def load_dir(path: Path, configs: dict[str, EngineConfig]) -> tuple[list[dict[st
             continue
         if b is None:
             continue
+        # the baseline carries its study place (knob, derives_from) and command; a --matrix fills older files
         cfg = configs.get(str(b.engine.get("id")))
+        knob = b.engine.get("knob") or (cfg.knob if cfg else None)
+        derives_from = b.engine.get("derives_from") or (cfg.derives_from if cfg else None)
+        command = str(b.engine.get("command") or (canonical_command(cfg) if cfg else ""))
         entries.append(
             Entry(
                 str(b.engine.get("id")),
                 str(b.engine.get("engine", "")),
                 str(b.workload.get("id", "")),
                 {k: statistics.fmean(v) for k, v in b.metrics.items() if v},
-                cfg.knob if cfg else None,
-                cfg.derives_from if cfg else None,
-                canonical_command(cfg) if cfg else str(b.engine.get("command", "")),
+                str(knob) if knob else None,
+                str(derives_from) if derives_from else None,
+                command,
             )
         )
     if not entries:
@@ -139,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         "--matrix",
         type=Path,
         default=None,
-        help="matrix file or folder giving knobs and derivations (needed for baseline folders; "
-        "default: perf_tests when it exists)",
+        help="matrix file or folder giving knobs and derivations to baseline files written before they "
+        "carried them (results and current baselines carry their own; the current folder is never searched)",
     )
     ap.add_argument("--workload", default="sharegpt", help="the reference workload of the study view")
     ap.add_argument(
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.plot and args.out is None:
         ap.error("--plot writes its PNG files beside the report: give --out FILE (e.g. --out report/study.md)")
-    matrix = args.matrix or (Path("perf_tests") if Path("perf_tests").is_dir() else None)
+    matrix = args.matrix
     problems: list[str] = []
     records: list[dict[str, Any]] = []
     entries: list[Entry] = []

@@ -23,9 +23,10 @@ from pydantic import ValidationError
 
 from pytest_llmperf.config import Workload
 from pytest_llmperf.errors import DatasetError
-from pytest_llmperf.loadgen.datasets import SampleRequest, Tokenizer, requests_for
+from pytest_llmperf.loadgen.datasets import requests_for
 from pytest_llmperf.loadgen.results import default_result_filename, result_json
-from pytest_llmperf.loadgen.runner import BenchSettings, run_benchmark_sync
+from pytest_llmperf.loadgen.run import run_benchmark_sync
+from pytest_llmperf.loadgen.runner import BenchSettings
 from pytest_llmperf.loadgen.tokenizers import load_tokenizer
 from pytest_llmperf.metrics import METRIC_LABELS, parse_goodput, result_block
 
@@ -112,28 +113,35 @@ def _first_model(base_url: str) -> str:
         ) from None
 
 
-def build_requests(args: argparse.Namespace, tokenizer: Tokenizer) -> list[SampleRequest]:
+def bench_workload(args: argparse.Namespace) -> Workload:
+    """The command line as a workload: one set of names from the flags to the settings and the requests."""
     if args.dataset_name == "sharegpt" and not args.dataset_path:
         raise DatasetError(
             "--dataset-name sharegpt needs --dataset-path PATH (ShareGPT_V3_unfiltered_cleaned_split.json)"
         )
     try:
-        workload = Workload(
+        return Workload(
             id="bench",
             dataset=args.dataset_name,
             dataset_path=args.dataset_path,
+            backend="openai" if args.backend == "vllm" else args.backend,
+            endpoint=args.endpoint,
             num_prompts=args.num_prompts,
             random_input_len=args.random_input_len,
             random_output_len=args.random_output_len,
             random_range_ratio=args.random_range_ratio,
             random_prefix_len=args.random_prefix_len,
-            seed=args.seed,
             sharegpt_output_len=args.sharegpt_output_len,
+            request_rate=args.request_rate,
+            burstiness=args.burstiness,
+            max_concurrency=args.max_concurrency,
+            seed=args.seed,
+            ignore_eos=args.ignore_eos,
+            num_warmups=args.num_warmups,
         )
     except ValidationError as exc:
         fields = "; ".join(f"--{'-'.join(str(e['loc'][0]).split('_'))}: {e['msg']}" for e in exc.errors())
         raise DatasetError(fields) from None
-    return requests_for(tokenizer, workload)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,8 +153,6 @@ def main(argv: list[str] | None = None) -> int:
             f"llmperf bench serve: --base-url {base_url!r} is not a server URL; "
             "give it as http://HOST:PORT (or https://HOST:PORT), or use --host and --port"
         )
-    backend = "openai" if args.backend == "vllm" else args.backend
-    endpoint = args.endpoint or ("/v1/chat/completions" if backend == "openai-chat" else "/v1/completions")
     model_id = args.model or _first_model(base_url)
     request_model = args.served_model_name or model_id
     selected = tuple(m.strip() for m in args.percentile_metrics.split(",") if m.strip())
@@ -170,28 +176,22 @@ def main(argv: list[str] | None = None) -> int:
     if spec is None and Path(model_id).is_dir():
         spec = model_id
     try:
+        workload = bench_workload(args)
         tokenizer = load_tokenizer(spec, base_url=base_url, model=request_model)
-        requests = build_requests(args, tokenizer)
+        requests = requests_for(tokenizer, workload)
     except DatasetError as exc:
         hint = " (check --dataset-path)" if args.dataset_path and "ShareGPT file" in str(exc) else ""
         raise SystemExit(f"llmperf bench serve: {exc}{hint}") from None
-    ignore_eos = args.ignore_eos or args.dataset_name == "random"  # vLLM forces it for random (PR #28227)
-    settings = BenchSettings(
+    settings = BenchSettings.for_workload(
+        workload,
         base_url=base_url,
         model=request_model,
-        backend=backend,
-        endpoint=endpoint,
-        request_rate=args.request_rate,
-        burstiness=args.burstiness,
-        max_concurrency=args.max_concurrency,
-        seed=args.seed,
-        ignore_eos=ignore_eos,
-        num_warmups=args.num_warmups,
+        timeout_s=BenchSettings.timeout_s,  # vLLM's 6 h per request, not a suite's hour
+        stall_timeout_s=args.stall_timeout,
+        server_stall_timeout_s=args.server_stall_timeout,
         percentiles=percentiles,
         selected=selected,
         goodput=goodput,
-        stall_timeout_s=args.stall_timeout,
-        server_stall_timeout_s=args.server_stall_timeout,
         client_workers=args.client_workers,
         prewarm_connections=args.prewarm_connections,
     )
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             detailed=args.save_detailed,
         )
         name = args.result_filename or default_result_filename(
-            backend=backend,
+            backend=workload.backend,
             label=args.label,
             request_rate=args.request_rate,
             max_concurrency=args.max_concurrency,

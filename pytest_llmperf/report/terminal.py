@@ -10,60 +10,30 @@ from typing import Any
 import pytest
 from tabulate import tabulate
 
-from pytest_llmperf.report_files import write_session
+from pytest_llmperf.report.files import write_session
+from pytest_llmperf.report.record import CALIBRATION_PROPERTY, PERF_TEST_PROPERTY, RESULT_PROPERTY
+from pytest_llmperf.report.rows import table, verdict_rows
 from pytest_llmperf.session import LlmperfSession
 
 __all__ = [
-    "CALIBRATION_PROPERTY",
-    "PERF_TEST_PROPERTY",
-    "RESULT_PROPERTY",
     "ResultCollector",
     "calibration_table",
     "result_notes",
     "summary_table",
 ]
 
-RESULT_PROPERTY = "llmperf"
-CALIBRATION_PROPERTY = "llmperf_calibration"
-PERF_TEST_PROPERTY = "llmperf.perf_test"
 
-_ORDER = {"FAIL": 0, "NEW": 1, "INCONCLUSIVE": 2, "PASS": 3}
-
-
-def _num(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.2f}"
+_MARKUP: dict[str, dict[str, bool]] = {
+    "FAIL": {"red": True, "bold": True},
+    "INCONCLUSIVE": {"yellow": True},
+    "NEW": {"yellow": True},
+    "PASS": {"green": True},
+}
 
 
 def summary_table(records: Sequence[dict[str, Any]], *, verbose: bool = False) -> str:
     """Regressions first; gated metrics always, reported metrics with ``-v``."""
-    rows = []
-    for rec in sorted(records, key=lambda r: (_ORDER.get(r["verdict"], 9), r["nodeid"])):
-        for row in rec["rows"]:
-            if not row["gated"] and not verbose:
-                continue
-            change = "-" if row["change"] is None else f"{row['change']:+.1%}"
-            tol = f"{row['tolerance']:.0%}" if row["metric"] != "failed" else "0"
-            p = "-" if row["p_value"] is None else f"{row['p_value']:.3g}"
-            verdict = row["verdict"] + (" (updated)" if rec.get("updated") else "")
-            if not row["gated"]:
-                verdict = "info"
-            rows.append(
-                [
-                    rec["case"],
-                    row["metric"],
-                    _num(row["baseline"]),
-                    _num(row["current"]),
-                    change,
-                    tol,
-                    p,
-                    f"{row['n_baseline']}/{row['n_current']}",
-                    verdict,
-                ]
-            )
-    headers = ["test", "metric", "baseline", "current", "change", "tol", "p", "n", "verdict"]
-    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+    return "\n".join(table(list(verdict_rows(records, reported=verbose))))
 
 
 class ResultCollector:
@@ -89,9 +59,9 @@ class ResultCollector:
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
         state = self.state
         if state.calibration:
-            table, summary = calibration_table(state.calibration)
+            cal_table, summary = calibration_table(state.calibration)
             terminalreporter.write_sep("=", "llmperf calibration: run-to-run variation")
-            terminalreporter.write_line(table)
+            terminalreporter.write_line(cal_table)
             out = state.rootdir / ".llmperf" / "calibration.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps({"tests": state.calibration, "summary": summary}, indent=2) + "\n")
@@ -115,17 +85,12 @@ class ResultCollector:
         tr = terminalreporter
         tr.write_sep("=", "llmperf results")
         # colour only on a terminal, never with NO_COLOR: pytest's own markup rules decide
-        for line in summary_table(state.results, verbose=config.get_verbosity() > 0).splitlines():
-            verdict = line.rsplit(None, 1)[-1] if line.strip() else ""
-            if line.rstrip().endswith("(updated)"):
-                verdict = line.split()[-2]
-            markup = {
-                "FAIL": {"red": True, "bold": True},
-                "INCONCLUSIVE": {"yellow": True},
-                "NEW": {"yellow": True},
-                "PASS": {"green": True},
-            }.get(verdict, {})
-            tr.write_line(line, **markup)
+        rows = list(verdict_rows(state.results, reported=config.get_verbosity() > 0))
+        lines = table(rows)
+        for line in lines[:2]:
+            tr.write_line(line)
+        for line, row in zip(lines[2:], rows, strict=True):
+            tr.write_line(line, **_MARKUP.get(row.verdict, {}))
         tr.write_line("p: one-sided t-test p-value, computed only for a change beyond its tolerance ('-' within it)")
         for line in result_notes(state.results):  # notes people act on: a stale baseline, a new engine version
             tr.write_line(line, yellow=True)

@@ -6,26 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from pytest_llmperf.config import Matrix, expand_cases, load_matrix
+from pytest_llmperf.config import expand_cases, find_matrices
 from pytest_llmperf.engines.launch import render_launch
 from pytest_llmperf.errors import ConfigError
 
-__all__ = ["find_matrices", "main"]
-
-
-def find_matrices(path: Path) -> list[tuple[Path, Matrix]]:
-    """A matrix file, or every ``*.toml`` under a folder that defines ``[[engines]]``."""
-    if path.is_file():
-        return [(path, load_matrix(path))]
-    if not path.is_dir():
-        raise ConfigError(f"{path}: no such file or folder")
-    found = []
-    for file in sorted(path.rglob("*.toml")):
-        if "[[engines]]" in file.read_text(encoding="utf-8"):
-            found.append((file, load_matrix(file)))
-    if not found:
-        raise ConfigError(f"{path}: no matrix file (a *.toml with [[engines]]) found")
-    return found
+__all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:

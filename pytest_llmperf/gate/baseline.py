@@ -156,14 +156,20 @@ def _round(value: Any) -> Any:
     return value
 
 
-_FLAT_LIST = re.compile(r"\[\s+([^\[\]{}]*?)\s+\]")
+def _encode(value: Any, indent: str = "") -> str:
+    """JSON with sorted keys, two-space indents, and a list of plain values on one line (samples read as a row)."""
+    inner = indent + "  "
+    if isinstance(value, dict) and value:
+        items = (f"{inner}{json.dumps(k)}: {_encode(v, inner)}" for k, v in sorted(value.items()))
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        return "[\n" + ",\n".join(inner + _encode(v, inner) for v in value) + "\n" + indent + "]"
+    return json.dumps(value, separators=(", ", ": "))
 
 
 def dumps(baseline: Baseline) -> str:
     """Sorted keys, rounded floats, one line per list of samples, trailing newline."""
-    text = json.dumps(_round(baseline.model_dump(mode="json")), sort_keys=True, indent=2)
-    text = _FLAT_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
-    return text + "\n"
+    return _encode(_round(baseline.model_dump(mode="json"))) + "\n"
 
 
 def _mode(path: Path) -> int:

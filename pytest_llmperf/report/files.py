@@ -24,11 +24,11 @@ from typing import Any
 
 from pytest_llmperf import __version__
 from pytest_llmperf.redact import MASK, redact_argv, redact_text
+from pytest_llmperf.report.rows import ORDER, table, verdict_rows
 
 __all__ = ["SUMMARY_SCHEMA_VERSION", "copy_logs", "markdown_summary", "write_run", "write_session"]
 
 SUMMARY_SCHEMA_VERSION = 1
-_ORDER = {"FAIL": 0, "NEW": 1, "INCONCLUSIVE": 2, "PASS": 3}
 
 
 def write_run(report_dir: Path, case: str, index: int, data: dict[str, Any]) -> Path:
@@ -38,38 +38,14 @@ def write_run(report_dir: Path, case: str, index: int, data: dict[str, Any]) -> 
     return path
 
 
-def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:,.2f}"
-
-
 def markdown_summary(records: Sequence[dict[str, Any]], *, title: str = "pytest-llmperf results") -> str:
     """One row per test and gated metric, regressions first."""
     counts: dict[str, int] = {}
     for rec in records:
         counts[rec["verdict"]] = counts.get(rec["verdict"], 0) + 1
-    head = ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: _ORDER.get(kv[0], 9)))
-    lines = [
-        f"## {title}",
-        "",
-        f"{len(records)} test(s): {head or 'none'}",
-        "",
-        "| test | metric | baseline | current | change | tolerance | p | n | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for rec in sorted(records, key=lambda r: (_ORDER.get(r["verdict"], 9), r["case"])):
-        for row in rec["rows"]:
-            if not row["gated"]:
-                continue
-            change = "-" if row["change"] is None else f"{row['change']:+.1%}"
-            tol = "0" if row["metric"] == "failed" else f"{row['tolerance']:.0%}"
-            p = "-" if row["p_value"] is None else f"{row['p_value']:.3g}"
-            verdict = row["verdict"] + (" (updated)" if rec.get("updated") else "")
-            if verdict.startswith("FAIL"):
-                verdict = f"**{verdict}**"
-            lines.append(
-                f"| `{rec['case']}` | {row['metric']} | {_num(row['baseline'])} | {_num(row['current'])} | "
-                f"{change} | {tol} | {p} | {row['n_baseline']}/{row['n_current']} | {verdict} |"
-            )
+    head = ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: ORDER.get(kv[0], 9)))
+    lines = [f"## {title}", "", f"{len(records)} test(s): {head or 'none'}", ""]
+    lines += table(list(verdict_rows(records)), markdown=True)
     return "\n".join(lines) + "\n"
 
 

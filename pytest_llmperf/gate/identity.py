@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_llmperf.baseline import Baseline
 from pytest_llmperf.config import EngineConfig, Workload
 from pytest_llmperf.engines.launch import canonical_command
+from pytest_llmperf.gate.baseline import Baseline
 
 __all__ = ["WorkIdentity", "dataset_identity", "differences", "engine_command", "workload_key"]
 
@@ -116,7 +116,9 @@ class WorkIdentity:
         return self.session_slowdown if self.simulated else 1.0
 
     def engine_record(self) -> dict[str, Any]:
-        return {
+        """The baseline's ``engine`` section; the study's ``knob``/``derives_from`` go with it, so that a
+        report of baseline files needs no matrix (not part of the match key)."""
+        record: dict[str, Any] = {
             "id": self.config.id,
             "engine": self.config.engine,
             "version": self.version,
@@ -124,6 +126,11 @@ class WorkIdentity:
             "command": engine_command(self.config, self.session_slowdown),  # as it ran
             "sim_slowdown": self.sim_slowdown,
         }
+        if self.config.knob is not None:
+            record["knob"] = self.config.knob
+        if self.config.derives_from is not None:
+            record["derives_from"] = self.config.derives_from
+        return record
 
 
 def _short(identity: dict[str, str] | None) -> str:

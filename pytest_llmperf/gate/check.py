@@ -1,0 +1,166 @@
+"""One perf test's gate, without pytest: its reference (the baseline as loaded and keyed) and its verdict.
+
+``fixtures.PerfGate`` calls these and turns the answer into the test's outcome; ``report.record`` turns
+it into the result record. Nothing here fails a test, prints or writes except :func:`new_baseline`'s
+caller.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_llmperf import __version__
+from pytest_llmperf.config import EngineConfig, Workload
+from pytest_llmperf.errors import BaselineError
+from pytest_llmperf.gate.baseline import Baseline, Provenance, load_baseline
+from pytest_llmperf.gate.decision import DEFAULT_GATED, MetricVerdict, compare_samples, overall_verdict
+from pytest_llmperf.gate.identity import WorkIdentity, differences
+from pytest_llmperf.hardware import Gpu, hardware_key
+
+__all__ = ["Decision", "Reference", "decide", "hardware_for", "load_reference", "new_baseline", "tolerances"]
+
+
+@dataclass
+class Reference:
+    """The baseline as loaded and keyed: what it may be compared with, and why not when it may not."""
+
+    baseline: Baseline | None
+    invalid: str = ""  # why the file could not be used (corrupt, invalid, newer schema)
+    hardware: list[str] = field(default_factory=list)  # hardware key differences: not compared
+    work: list[str] = field(default_factory=list)  # workload, prompt file, engine config differences: not compared
+    notes: list[str] = field(default_factory=list)  # allowed differences, shown
+    missing: list[str] = field(default_factory=list)  # gated metrics the file has no samples of
+
+    @property
+    def mismatches(self) -> list[str]:
+        return self.hardware + self.work
+
+    @property
+    def stale(self) -> bool:
+        """The file cannot serve as this test's reference as it is: a refresh of failing tests rewrites it."""
+        return bool(self.invalid or self.mismatches or self.missing)
+
+    @property
+    def metrics(self) -> dict[str, list[float]] | None:
+        usable = self.baseline is not None and not self.invalid and not self.mismatches
+        return self.baseline.metrics if usable and self.baseline is not None else None
+
+
+@dataclass
+class Decision:
+    rows: list[MetricVerdict]
+    verdict: str  # PASS, FAIL, INCONCLUSIVE, NEW
+
+    @property
+    def functional(self) -> bool:
+        """Requests failed: a correctness failure, whatever the speed (a baseline is never accepted from it)."""
+        return any(r.metric == "failed" and r.verdict == "FAIL" for r in self.rows)
+
+
+def hardware_for(cfg: EngineConfig, *, simulate: bool, gpus: list[Gpu] | None) -> dict[str, Any]:
+    """The hardware key a result of ``cfg`` is recorded and compared under."""
+    if cfg.engine == "sim":
+        # modelled time: results do not depend on the host, only on the simulator's profile
+        return {"kind": "simulated", "profile": cfg.sim.profile}
+    if simulate:
+        return {"kind": "simulated", "profile": f"h200-{cfg.engine}"}
+    return hardware_key(gpus)
+
+
+def load_reference(
+    path: Path, *, shown_as: str, hardware_now: Mapping[str, Any], identity: WorkIdentity, measured: set[str]
+) -> Reference:
+    """Load ``path`` and key it against what is measured now (``measured``: the metrics with samples)."""
+    try:
+        baseline = load_baseline(path)
+    except BaselineError as exc:
+        return Reference(None, invalid=str(exc).replace(str(path), shown_as))
+    if baseline is None:
+        return Reference(None)
+    # hardware keys known on both sides must agree (a published baseline may not know the driver)
+    hardware = [
+        f"hardware {k}: baseline {baseline.hardware[k]!r}, now {hardware_now[k]!r}"
+        for k in sorted(set(baseline.hardware) & set(hardware_now))
+        if baseline.hardware[k] != hardware_now[k]
+    ]
+    work, notes = differences(baseline, identity)
+    missing = [m for m in DEFAULT_GATED if m in measured and m not in baseline.metrics]
+    return Reference(baseline, hardware=hardware, work=work, notes=notes, missing=missing)
+
+
+def tolerances(*layers: Mapping[str, float]) -> dict[str, float]:
+    """Per-metric tolerances, later layers winning: the case's, the test marker's, the baseline file's."""
+    out: dict[str, float] = {}
+    for layer in layers:
+        out.update(layer)
+    return out
+
+
+def decide(
+    ref: Reference,
+    samples: dict[str, list[float]],
+    *,
+    tolerance: dict[str, float],
+    default_tolerance: float,
+    more: Callable[[], bool] | None = None,
+) -> Decision:
+    """Compare ``samples`` with the reference. While the verdict is inconclusive and ``more`` measures
+    another run into ``samples`` (it returns False when it may not), compare again."""
+
+    def compare() -> list[MetricVerdict]:
+        return compare_samples(ref.metrics, samples, tolerances=tolerance, default_tolerance=default_tolerance)
+
+    rows = compare()
+    while overall_verdict(rows) == "INCONCLUSIVE" and more is not None and more():
+        rows = compare()
+    return Decision(rows, overall_verdict(rows))
+
+
+def _git_commit(root: Path) -> str | None:
+    try:
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def new_baseline(
+    *,
+    test: str,
+    case: str,
+    identity: WorkIdentity,
+    workload: Workload,
+    dataset: dict[str, str] | None,
+    hardware: dict[str, Any],
+    samples: dict[str, list[float]],
+    previous: Baseline | None,
+    root: Path,
+) -> Baseline:
+    """The baseline a refresh writes: this run's samples, keyed as it was measured; a file's own
+    tolerances survive its refresh."""
+    return Baseline(
+        test=test,
+        case=case,
+        engine=identity.engine_record(),
+        workload=json.loads(workload.model_dump_json(exclude={"markers"})),
+        dataset=dataset,
+        hardware=hardware,
+        provenance=Provenance(
+            date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            plugin_version=__version__,
+            source="measured",
+            git_commit=_git_commit(root),
+        ),
+        tolerance=previous.tolerance if previous is not None else {},
+        metrics={k: v for k, v in sorted(samples.items())},
+    )
