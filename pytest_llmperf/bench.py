@@ -27,6 +27,7 @@ __all__ = ["BUNDLED_SAMPLE", "PerfBench", "PerfResult", "dataset_file"]
 
 
 CALIBRATION_RUNS = 5
+STOP_FAILED_SHARE = 0.05  # a run with more failed requests than this share ends the repeats
 
 
 @dataclass
@@ -112,7 +113,9 @@ class PerfBench:
             if failure:
                 pytest.fail(failure, pytrace=False)
             failed = len(run.errors)
-            if failed:  # the verdict is decided: more runs against a failing engine only cost time
+            # a failing engine: the verdict is decided and more runs only cost time. A few failures (a published
+            # baseline that completed 984 of 1000 has 16) are judged against the baseline's own, after all runs
+            if failed > STOP_FAILED_SHARE * len(run.records):
                 result.stopped = (
                     f"run {len(result.runs)} had {failed} failed request(s) of {len(run.records)}: "
                     "no further repeats were run"

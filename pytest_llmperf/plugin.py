@@ -61,7 +61,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="failing|all",
         help="write current results as baselines instead of failing: of failing and missing tests "
-        "(default), or of every selected test with =all. Written once, at the end of the session.",
+        "(default), or of every selected test with =all. Each is written as soon as its test has its verdict.",
     )
     group.addoption(
         "--llmperf-repeats",
@@ -69,6 +69,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="N",
         help="measured runs of each workload (default: ini llmperf_repeats, 3)",
+    )
+    group.addoption(
+        "--llmperf-baseline-repeats",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --llmperf-update-baselines: measure up to N runs in all before writing a baseline (a baseline "
+        "is paid once and compared for weeks; default: as many as --llmperf-repeats)",
     )
     group.addoption(
         "--llmperf-max-repeats",

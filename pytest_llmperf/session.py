@@ -39,6 +39,7 @@ class LlmperfSession:
     pool: ServerPool
     simulate: bool = False
     max_repeats: int = 0  # adaptive repeats up to this many runs while a verdict is inconclusive
+    baseline_repeats: int = 0  # runs a written baseline holds at least (--llmperf-baseline-repeats)
     calibrate: bool = False
     calibration: list[dict[str, Any]] = field(default_factory=list)
     report_dir: Path | None = None
@@ -185,6 +186,9 @@ def build_session(config: pytest.Config) -> LlmperfSession:
     if repeats < 1:
         raise pytest.UsageError(f"--llmperf-repeats must be at least 1, got {repeats}")
     max_repeats = config.getoption("llmperf_max_repeats") or repeats
+    baseline_repeats = config.getoption("llmperf_baseline_repeats") or repeats
+    if baseline_repeats < 1:
+        raise pytest.UsageError(f"--llmperf-baseline-repeats must be at least 1, got {baseline_repeats}")
     if max_repeats < repeats:
         raise pytest.UsageError(f"--llmperf-max-repeats ({max_repeats}) must be at least --llmperf-repeats ({repeats})")
     slowdown = config.getoption("llmperf_sim_slowdown")
@@ -234,6 +238,7 @@ def build_session(config: pytest.Config) -> LlmperfSession:
         pool=ServerPool(log_dir, slowdown, simulate=simulate, endpoints=endpoints, cwd=root),
         simulate=simulate,
         max_repeats=max_repeats,
+        baseline_repeats=baseline_repeats,
         calibrate=bool(config.getoption("llmperf_calibrate")),
         shard=shard,
         other_hardware=config.getoption("llmperf_on_other_hardware"),

@@ -7,6 +7,7 @@ import pytest
 from pytest_llmperf.gate.decision import (
     compare_metric,
     compare_samples,
+    failure_allowance,
     format_failure,
     higher_is_better,
     overall_verdict,
@@ -76,6 +77,19 @@ def test_identical_deterministic_samples_compare_without_nan() -> None:
     assert compare_metric("output_throughput", [100.0] * 3, [100.0] * 3).verdict == "PASS"
     v = compare_metric("output_throughput", [100.0] * 3, [80.0] * 3)
     assert v.verdict == "FAIL" and v.p_value == 0.0
+
+
+def test_failures_are_judged_against_the_baselines_own_failures() -> None:
+    """A published run that completed 984 of 1000 had 16 failures: the same again passes with a note, 40 fail;
+    a baseline without failures keeps 'any failure fails'."""
+    same = compare_metric("failed", [16.0], [16.0])
+    assert same.verdict == "PASS" and "the baseline had 16 a run" in same.note
+    assert compare_metric("failed", [16.0], [20.0, 18.0, 25.0]).verdict == "PASS"  # allowance 16 + 12 = 28
+    worse = compare_metric("failed", [16.0], [40.0])
+    assert worse.verdict == "FAIL" and worse.note == "40 failed request(s); the baseline had 16 a run, 28 allowed"
+    assert compare_metric("failed", [0.0, 0.0, 0.0], [0.0, 1.0, 0.0]).verdict == "FAIL"
+    assert compare_metric("failed", None, [1.0]).verdict == "FAIL"  # no baseline: no allowance
+    assert failure_allowance(0) == 0 and failure_allowance(1) == 4 and failure_allowance(16) == 28
 
 
 def test_failed_requests_are_a_functional_failure() -> None:

@@ -177,3 +177,59 @@ def test_baselines_list_and_show(pytester: pytest.Pytester) -> None:
     assert "output_throughput" in show.stdout and "samples" in show.stdout
     missing = run_cli("baselines", "show", "nope", cwd=pytester.path)
     assert missing.returncode == 2 and "nope: no baseline file(s)" in missing.stderr
+
+
+FAULTY = """
+[[engines]]
+id = "engine"
+engine = "sim"
+model = "llmperf-sim"
+extra_args = ["--error-rate", "0.08"]
+sim = {{ profile = "deterministic", ttft_ms = 1, itl_ms = 1 }}
+
+[[workloads]]
+id = "decode"
+random_input_len = 16
+random_output_len = 4
+num_prompts = {prompts}
+max_concurrency = 16
+"""
+
+
+def test_failures_are_judged_against_the_baselines_failures(pytester: pytest.Pytester) -> None:
+    """#16: a baseline that had failures (as the study's 984 of 1000) passes a run with as many, fails one with
+    clearly more; a baseline without failures fails on one. The simulator's --error-rate draws are seeded: every
+    session of this config fails the same requests."""
+    pytester.makefile(".toml", matrix=FAULTY.format(prompts=200))
+    pytester.makepyfile(test_perf=PERF_TEST)
+    # a refresh of failing tests never records a failing engine; =all (deliberate) records its failures
+    refused = pytester.runpytest("--llmperf-repeats", "1", "--llmperf-update-baselines")
+    refused.assert_outcomes(failed=1)
+    path = pytester.path / "baselines" / "test_perf" / "test_serving" / "engine-decode.json"
+    assert not path.exists()
+    pytester.runpytest("--llmperf-repeats", "1", "--llmperf-update-baselines=all").assert_outcomes(passed=1)
+    recorded = json.loads(path.read_text())
+    failed = recorded["metrics"]["failed"][0]
+    assert 8 <= failed <= 28, failed  # about 8% of 200
+    same = pytester.runpytest("--llmperf-repeats", "1")
+    same.assert_outcomes(passed=1)
+    assert f"the baseline had {failed:g} a run" in same.stdout.str()
+    # the same run against a baseline that had a third of the failures: beyond its allowance
+    recorded["metrics"]["failed"] = [round(failed / 3)]
+    path.write_text(json.dumps(recorded))
+    worse = pytester.runpytest("--llmperf-repeats", "1")
+    worse.assert_outcomes(failed=1)
+    assert "functional failure, not slowness" in worse.stdout.str()
+    recorded["metrics"]["failed"] = [0.0]
+    path.write_text(json.dumps(recorded))
+    pytester.runpytest("--llmperf-repeats", "1").assert_outcomes(failed=1)
+
+
+def test_baseline_repeats_record_more_runs_than_a_nightly_uses(pytester: pytest.Pytester) -> None:
+    suite(pytester)
+    pytester.runpytest("--llmperf-repeats", "2", "--llmperf-update-baselines", "--llmperf-baseline-repeats", "5")
+    path = pytester.path / "baselines" / "test_perf" / "test_serving" / "engine-decode.json"
+    assert len(json.loads(path.read_text())["metrics"]["output_throughput"]) == 5
+    nightly = pytester.runpytest("--llmperf-repeats", "2")
+    nightly.assert_outcomes(passed=1)
+    assert "5/2" in nightly.stdout.str()  # the n column: baseline runs / tonight's runs

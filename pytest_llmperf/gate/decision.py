@@ -9,8 +9,9 @@ A change beyond the tolerance without significance is INCONCLUSIVE.
 
 With fewer than two samples on a side (a published single number, say) there is no test: the
 tolerance band is widened by twice the noise estimated from the other side (or 3% when neither
-side can tell) and the row says so. The failed-request count is functional: any failed request
-FAILs the test.
+side can tell) and the row says so. The failed-request count is functional: against a baseline without
+failures any failed request FAILs the test; against one with failures (a published run that completed
+984 of 1000), more failures than it had beyond a Poisson 3-sigma allowance FAIL.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "MetricVerdict",
     "compare_metric",
     "compare_samples",
+    "failure_allowance",
     "format_failure",
     "headline",
     "higher_is_better",
@@ -103,6 +105,41 @@ def _noise_cv(*sides: Sequence[float]) -> float:
     return max(cvs) if cvs else DEFAULT_NOISE_CV
 
 
+def failure_allowance(baseline_failed: float) -> float:
+    """The failed requests a run may have when its baseline had ``baseline_failed`` on average: none more
+    for a baseline without failures; else the baseline's count plus a Poisson 3-sigma band (at least 2)."""
+    if baseline_failed <= 0:
+        return 0.0
+    return baseline_failed + max(2.0, 3.0 * math.sqrt(baseline_failed))
+
+
+def _compare_failures(baseline: Sequence[float] | None, current: Sequence[float], gated: bool) -> MetricVerdict:
+    """Failed requests are functional: more than the baseline had, beyond :func:`failure_allowance`, FAILs;
+    the failures a baseline had too PASS with a note naming them."""
+    cur_mean = statistics.fmean(current)
+    base_mean = statistics.fmean(baseline) if baseline else None
+    allowed = failure_allowance(base_mean or 0.0)
+    verdict: Verdict = "FAIL" if cur_mean > allowed else "PASS"
+    note = ""
+    if cur_mean > 0:
+        note = f"{sum(current):g} failed request(s)" + (f" in {len(current)} runs" if len(current) > 1 else "")
+        if base_mean:
+            note += f"; the baseline had {base_mean:g} a run, {allowed:.0f} allowed"
+    return MetricVerdict(
+        "failed",
+        base_mean,
+        cur_mean,
+        None,
+        0.0,
+        None,
+        len(baseline or ()),
+        len(current),
+        verdict if gated else "PASS",
+        gated,
+        note,
+    )
+
+
 def compare_metric(
     metric: str,
     baseline: Sequence[float] | None,
@@ -114,22 +151,7 @@ def compare_metric(
 ) -> MetricVerdict:
     cur_mean = statistics.fmean(current)
     if metric == "failed":
-        verdict: Verdict = "FAIL" if cur_mean > 0 else "PASS"
-        note = f"{sum(current):g} failed request(s)" if cur_mean > 0 else ""
-        base_mean = statistics.fmean(baseline) if baseline else None
-        return MetricVerdict(
-            metric,
-            base_mean,
-            cur_mean,
-            None,
-            0.0,
-            None,
-            len(baseline or ()),
-            len(current),
-            verdict if gated else "PASS",
-            gated,
-            note,
-        )
+        return _compare_failures(baseline, current, gated)
     if not baseline:
         return MetricVerdict(metric, None, cur_mean, None, tolerance, None, 0, len(current), "NEW", gated)
     base_mean = statistics.fmean(baseline)
@@ -138,6 +160,7 @@ def compare_metric(
     worse_by = -change if higher else change
     p_value: float | None = None
     note = ""
+    verdict: Verdict
     if worse_by > tolerance:
         if len(baseline) >= 2 and len(current) >= 2:
             p_value = _p_value_worse(baseline, current, higher)

@@ -109,7 +109,8 @@ def result_notes(records: Sequence[dict[str, Any]]) -> list[str]:
             lines.append(f"note: [{rec['case']}] {note}")
         for row in rec["rows"]:
             if row["gated"] and row["note"] and row["verdict"] == "PASS":
-                lines.append(f"note: [{rec['case']}] {row['metric']} {row['change']:+.1%}: {row['note']}")
+                change = "" if row["change"] is None else f" {row['change']:+.1%}"
+                lines.append(f"note: [{rec['case']}] {row['metric']}{change}: {row['note']}")
     return lines
 
 
