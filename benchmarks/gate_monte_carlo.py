@@ -1,65 +1,178 @@
-"""Monte Carlo check of the gate's verdict: false alarms with no change, detection of a regression.
+"""Monte Carlo check of the gate on whole nightly suites: red nights with no change, detection, runs spent.
 
-Each trial draws 3 baseline runs and 3 current runs of output throughput with run-to-run noise of
-3% coefficient of variation (normal), the current runs scaled by (1 - regression), and asks the
-gate (``pytest_llmperf.gate.compare_metric``, default tolerance and alpha) for its verdict.
+Each simulated night runs ``--suite`` tests. A test's runs have correlated throughput and TPOT (the TPOT
+noise is -0.8 correlated with throughput's), run-to-run noise of a given CV, optionally a per-night
+offset (the node of the night: all of that test's runs that night are slower or faster together) and
+optionally outlier runs (one in twenty 15% slow). Every test is decided by the project's own gate
+(``pytest_llmperf.gate.check.decide`` with the suite policy of ``--suite`` tests and the default
+tolerance): the first ``--runs`` runs, and for a failing or borderline first verdict
+``--confirm`` fresh runs before deciding. The reference is one baseline night of ``--baseline-runs``
+runs, or (``--reference-nights K``) K past nights of 3 runs each, each night's runs centred on that
+night's mean: what a history reference supplies.
 
-    python benchmarks/gate_monte_carlo.py [--trials 1000] [--cv 0.03] [--n 3] [--seed 20261129]
+A night is red when any test FAILs. Rows: no change (the share of red nights is the suite's false
+alarms), then one test regressed (throughput down or TPOT up): the share of nights that test FAILs.
+
+    python benchmarks/gate_monte_carlo.py --suite 34 [--nights 2000] [--seed 20261201]
+    python benchmarks/gate_monte_carlo.py --suite 34 --models one-node --tolerance 0.02 --smallest
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import time
+from dataclasses import dataclass
 
 import numpy as np
 
-from pytest_llmperf.gate.decision import DEFAULT_ALPHA, DEFAULT_TOLERANCE, compare_metric
+from pytest_llmperf.gate.check import decide
+from pytest_llmperf.gate.decision import DEFAULT_TOLERANCE, overall_verdict
+from pytest_llmperf.gate.suite import DEFAULT_BUDGET, DEFAULT_CONFIRM_RUNS, SuitePolicy
 
 
-def rate(
-    rng: np.random.Generator,
-    trials: int,
-    n: int,
-    cv: float,
-    regression: float,
-    metric: str,
-    tolerance: float,
-    alpha: float,
-) -> tuple[float, float]:
-    fails = inconclusive = 0
-    for _ in range(trials):
-        base = 1000.0 * (1 + cv * rng.standard_normal(n))
-        factor = (1 - regression) if metric.endswith("throughput") else (1 + regression)
-        cur = 1000.0 * factor * (1 + cv * rng.standard_normal(n))
-        v = compare_metric(metric, base.tolist(), cur.tolist(), tolerance=tolerance, alpha=alpha)
-        fails += v.verdict == "FAIL"
-        inconclusive += v.verdict == "INCONCLUSIVE"
-    return fails / trials, inconclusive / trials
+@dataclass(frozen=True)
+class Noise:
+    name: str
+    cv: float  # run-to-run
+    night_cv: float = 0.0  # per-night offset of a test's runs
+    outlier_rate: float = 0.0  # share of runs 15% slow
+    reference_nights: int = 1
+
+
+MODELS = {
+    "iid": [Noise("(a) i.i.d. normal, CV 3%", 0.03)],
+    "night": [
+        Noise("(b) CV 2% + night offset CV 1.5%, one baseline night", 0.02, 0.015),
+        Noise("(b) CV 2% + night offset CV 1.5%, reference of 10 past nights", 0.02, 0.015, 0.0, 10),
+    ],
+    "outliers": [Noise("(c) CV 3%, one run in twenty 15% slow", 0.03, 0.0, 0.05)],
+    "one-node": [Noise("CV 1% (one node, back to back)", 0.01)],
+}
+
+
+class Night:
+    def __init__(self, rng: np.random.Generator, noise: Noise) -> None:
+        self.rng, self.noise = rng, noise
+
+    def runs(self, n: int, offset: float, tput: float = 1.0, tpot: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        rng, cv = self.rng, self.noise.cv
+        z1 = rng.standard_normal(n)
+        z2 = -0.8 * z1 + 0.6 * rng.standard_normal(n)
+        t = 5000.0 * (1 - offset) * tput * (1 + cv * z1)
+        p = 20.0 * (1 + offset) * tpot * (1 + cv * z2)
+        if self.noise.outlier_rate:
+            slow = rng.random(n) < self.noise.outlier_rate
+            t, p = np.where(slow, t * 0.85, t), np.where(slow, p * 1.15, p)
+        return t, p
+
+    def offset(self) -> float:
+        return float(self.rng.standard_normal() * self.noise.night_cv)
+
+    def reference(self, baseline_runs: int) -> dict[str, list[float]]:
+        if self.noise.reference_nights <= 1:
+            t, p = self.runs(baseline_runs, self.offset())
+            return {"total_token_throughput": t.tolist(), "mean_tpot_ms": p.tolist()}
+        nights = [self.runs(3, self.offset()) for _ in range(self.noise.reference_nights)]
+        gt, gp = np.mean([t.mean() for t, _ in nights]), np.mean([p.mean() for _, p in nights])
+        return {
+            "total_token_throughput": np.concatenate([t - t.mean() + gt for t, _ in nights]).tolist(),
+            "mean_tpot_ms": np.concatenate([p - p.mean() + gp for _, p in nights]).tolist(),
+        }
+
+
+def one_test(night: Night, args: argparse.Namespace, policy: SuitePolicy, tput: float, tpot: float) -> tuple[str, int]:
+    reference = night.reference(args.baseline_runs)
+    offset = night.offset()
+    t, p = night.runs(args.runs, offset, tput, tpot)
+    samples = {"total_token_throughput": t.tolist(), "mean_tpot_ms": p.tolist()}
+
+    def confirm() -> int:
+        t2, p2 = night.runs(args.confirm, offset, tput, tpot)
+        samples["total_token_throughput"] += t2.tolist()
+        samples["mean_tpot_ms"] += p2.tolist()
+        return int(args.confirm)
+
+    decision = decide(
+        reference,
+        samples,
+        tolerance={},
+        default_tolerance=args.tolerance,
+        policy=policy,
+        confirm=confirm if args.confirm else None,
+    )
+    return overall_verdict(decision.rows), len(samples["mean_tpot_ms"])
+
+
+def row(
+    night: Night, args: argparse.Namespace, policy: SuitePolicy, tput: float, tpot: float
+) -> tuple[float, float, float]:
+    """(share of red nights, share of nights the regressed test FAILs, mean runs per test per night)."""
+    red = caught = runs = 0
+    regressed = tput != 1.0 or tpot != 1.0
+    for _ in range(args.nights):
+        any_red = False
+        for i in range(args.suite):
+            verdict, n = one_test(night, args, policy, *((tput, tpot) if regressed and i == 0 else (1.0, 1.0)))
+            runs += n
+            if verdict == "FAIL":
+                any_red = True
+                caught += regressed and i == 0
+        red += any_red
+    return red / args.nights, caught / args.nights, runs / (args.nights * args.suite)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, default=1000)
-    ap.add_argument("--cv", type=float, default=0.03)
-    ap.add_argument("--n", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=20261129)
+    ap.add_argument("--suite", type=int, default=34, help="gated tests per night")
+    ap.add_argument("--nights", type=int, default=2000, help="simulated nights per row")
+    ap.add_argument("--seed", type=int, default=20261201)
+    ap.add_argument("--runs", type=int, default=3, help="runs per test per night (--llmperf-repeats)")
+    ap.add_argument("--confirm", type=int, default=DEFAULT_CONFIRM_RUNS, help="--llmperf-confirm-repeats")
+    ap.add_argument("--baseline-runs", type=int, default=10, help="runs of a baseline night")
     ap.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
-    ap.add_argument("--alpha", type=float, default=DEFAULT_ALPHA)
+    ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET)
+    ap.add_argument("--models", default="iid,night,outliers", help=f"comma list of {', '.join(MODELS)}")
+    ap.add_argument("--smallest", action="store_true", help="also find the smallest drop detected at 95%%")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     print(
-        f"{args.trials} trials, {args.n} baseline vs {args.n} current runs, noise CV {args.cv:.0%}, "
-        f"tolerance {args.tolerance:.0%}, alpha {args.alpha}, seed {args.seed}"
+        f"{args.suite} gated tests a night, {args.nights} nights a row, {args.runs} runs (+{args.confirm} to "
+        f"confirm), baseline night of {args.baseline_runs} runs, tolerance {args.tolerance:.0%}, suite budget "
+        f"{args.budget:.0%}, seed {args.seed}"
     )
-    print(f"{'metric':<20}{'true change':>12}{'FAIL rate':>12}{'INCONCLUSIVE':>14}")
-    for metric in ("output_throughput", "mean_tpot_ms"):
-        for regression in (0.0, 0.05, 0.10, 0.15):
-            fail, inc = rate(rng, args.trials, args.n, args.cv, regression, metric, args.tolerance, args.alpha)
-            sign = "-" if metric.endswith("throughput") else "+"
-            print(f"{metric:<20}{sign + format(regression, '.0%'):>12}{fail:>12.1%}{inc:>14.1%}")
+    print(f"{'noise model':<64}{'change':>12}{'red nights':>12}{'detected':>10}{'runs/test':>11}")
+    for key in args.models.split(","):
+        for noise in MODELS[key]:
+            policy = SuitePolicy(
+                budget=args.budget,
+                n_tests=args.suite,
+                night_cv=noise.night_cv,
+                reference_nights=noise.reference_nights,
+            )
+            night = Night(rng, noise)
+            started = time.perf_counter()
+            cases = [("none", 1.0, 1.0)] + [
+                (
+                    f"{label} {size:.0%}",
+                    1 - size if label == "throughput -" else 1.0,
+                    1 + size if label == "TPOT +" else 1.0,
+                )
+                for label, sizes in (("throughput -", (0.05, 0.10, 0.20)), ("TPOT +", (0.10,)))
+                for size in sizes
+            ]
+            for label, tput, tpot in cases:
+                red, caught, runs = row(night, args, policy, tput, tpot)
+                shown = "-" if label == "none" else f"{caught:.1%}"
+                print(f"{noise.name:<64}{label:>12}{red:>12.1%}{shown:>10}{runs:>11.2f}", flush=True)
+            if args.smallest:
+                for size in (0.02, 0.025, 0.03, 0.035, 0.04, 0.045, 0.05, 0.06, 0.07, 0.08):
+                    _, caught, _ = row(night, args, policy, 1 - size, 1.0)
+                    if caught >= 0.95:
+                        print(f"{noise.name:<64}{'smallest':>12}{'':>12}{f'-{size:.1%}':>10} detected at {caught:.1%}")
+                        break
+            print(f"  ({time.perf_counter() - started:.0f} s)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -162,8 +162,22 @@ class PerfGate:
             result.more()
             return True
 
+        def confirm() -> int:  # sequential confirmation: --llmperf-confirm-repeats fresh runs
+            before = len(result.runs)
+            for _ in range(self.state.confirm_repeats):
+                if result.more is None or result.stopped:
+                    break
+                result.more()
+            return len(result.runs) - before
+
         return decide(
-            ref, result.samples, tolerance=tolerance, default_tolerance=self.state.default_tolerance, more=more
+            ref.metrics,
+            result.samples,
+            tolerance=tolerance,
+            default_tolerance=self.state.default_tolerance,
+            policy=self.state.policy,
+            confirm=confirm,
+            more=more,
         )
 
     def _top_up(self, result: PerfResult) -> None:
@@ -196,8 +210,9 @@ class PerfGate:
             ref=ref,
             decision=decision,
             baseline=self.rel,
-            notes=[result.stopped] if result.stopped else [],
+            notes=[n for n in (decision.confirmation, result.stopped) if n],
             written=written,
+            gate=self.state.policy.describe(),
         )
         self.item.user_properties.append((RESULT_PROPERTY, json.dumps(record)))
         self.item.user_properties.extend(junit_properties(decision))
@@ -212,7 +227,7 @@ class PerfGate:
             pytest.fail(f"[{cid}] {format_failure(rows)}\nerrors: {errors}{stopped}", pytrace=False)
         if update:
             return
-        notes = "".join(f"\nnote: {n}" for n in ref.notes)
+        notes = "".join(f"\nnote: {n}" for n in [*ref.notes, decision.confirmation] if n)
         if ref.mismatches:
             what = "\n".join(f"  {m}" for m in ref.mismatches)
             message = (

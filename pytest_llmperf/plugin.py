@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Generator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         help="with --llmperf-update-baselines: measure up to N runs in all before writing a baseline (a baseline "
         "is paid once and compared for weeks; default: as many as --llmperf-repeats)",
+    )
+    group.addoption(
+        "--llmperf-confirm-repeats",
+        type=int,
+        default=5,
+        metavar="N",
+        help="sequential confirmation: a test whose first verdict fails or is borderline runs N fresh runs "
+        "before it is decided (default 5; 0: decide on the first runs)",
+    )
+    group.addoption(
+        "--llmperf-night-cv",
+        type=float,
+        default=None,
+        metavar="CV",
+        help="night-to-night variation of the metrics (e.g. 0.015), weighed with the runs' own noise "
+        "(default: ini llmperf_night_cv, 0)",
     )
     group.addoption(
         "--llmperf-max-repeats",
@@ -163,6 +180,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("llmperf_baseline_dir", "directory of baseline files, relative to the rootdir", default="baselines")
     parser.addini("llmperf_repeats", "measured runs per workload", default="3")
     parser.addini("llmperf_tolerance", "default relative tolerance of gated metrics", default="0.06")
+    parser.addini(
+        "llmperf_false_alarm_budget",
+        "share of no-change nights the whole suite may go red on; each test's strictness derives from it",
+        default="0.02",
+    )
+    parser.addini(
+        "llmperf_night_cv",
+        "night-to-night coefficient of variation of the metrics (calibration, history)",
+        default="0",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -233,9 +260,10 @@ def _case(item: pytest.Item | None) -> Case | None:
     return value if isinstance(value, Case) else None
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: the suite is what runs
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip tests whose hardware is missing; keep the tests of one engine config together, so that
-    its server starts once."""
+    its server starts once; set the suite's size for the gate's policy."""
     state = config.stash[session_key]
     if not state.simulate and not state.pool.endpoints:
         for item in items:
@@ -244,6 +272,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     reason = missing_hardware(name, state.gpus)
                     if reason:
                         item.add_marker(pytest.mark.skip(reason=reason))
+    n_perf = sum(1 for item in items if _case(item) is not None)
     if state.shard is not None:
         k, n = parse_shard(state.shard)
         keep: list[pytest.Item] = []
@@ -254,6 +283,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = keep
+    # the suite's size sets each test's strictness: counted before a shard takes its part, so that every shard
+    # of one night holds its tests to the same standard
+    state.policy = replace(state.policy, n_tests=max(1, n_perf))
     first_seen: dict[str, int] = {}
     keys: list[int] = []
     for index, item in enumerate(items):

@@ -16,6 +16,7 @@ import pytest
 
 from pytest_llmperf.config import Matrix, load_matrix
 from pytest_llmperf.engines.pool import RunningServer, ServerPool
+from pytest_llmperf.gate.suite import DEFAULT_CONFIRM_RUNS, DEFAULT_POLICY, SuitePolicy
 from pytest_llmperf.hardware import Gpu, detect_gpus
 from pytest_llmperf.loadgen.runner import ProgressFn
 from pytest_llmperf.sharding import parse_shard
@@ -40,6 +41,8 @@ class LlmperfSession:
     simulate: bool = False
     max_repeats: int = 0  # adaptive repeats up to this many runs while a verdict is inconclusive
     baseline_repeats: int = 0  # runs a written baseline holds at least (--llmperf-baseline-repeats)
+    confirm_repeats: int = DEFAULT_CONFIRM_RUNS  # fresh runs a failing or borderline first verdict buys
+    policy: SuitePolicy = DEFAULT_POLICY  # the suite's false-alarm budget over its gated tests, the night term
     calibrate: bool = False
     calibration: list[dict[str, Any]] = field(default_factory=list)
     report_dir: Path | None = None
@@ -140,6 +143,17 @@ def lock_baseline_dir(folder: Path) -> int:
 UPDATE_MODES = ("failing", "all")
 
 
+def _fraction(value: object, what: str, *, zero_ok: bool = False) -> float:
+    """A fraction in (0, 1) (or [0, 1) with ``zero_ok``) from an option or ini value, or a usage error."""
+    try:
+        number = float(str(value))
+    except ValueError:
+        raise pytest.UsageError(f"{what} must be a fraction, got {value!r}") from None
+    if not (0 <= number < 1 if zero_ok else 0 < number < 1):
+        raise pytest.UsageError(f"{what} must be in {'[0, 1)' if zero_ok else '(0, 1)'}, got {number}")
+    return number
+
+
 def _usage_int(value: str, what: str) -> int:
     try:
         return int(value)
@@ -194,14 +208,19 @@ def build_session(config: pytest.Config) -> LlmperfSession:
     slowdown = config.getoption("llmperf_sim_slowdown")
     if slowdown <= 0:
         raise pytest.UsageError(f"--llmperf-sim-slowdown must be positive, got {slowdown}")
-    try:
-        tolerance = float(config.getini("llmperf_tolerance"))
-    except ValueError:
-        raise pytest.UsageError(
-            f"ini llmperf_tolerance must be a fraction, got {config.getini('llmperf_tolerance')!r}"
-        ) from None
-    if not 0 < tolerance < 1:
-        raise pytest.UsageError(f"ini llmperf_tolerance must be in (0, 1), got {tolerance}")
+    tolerance = _fraction(config.getini("llmperf_tolerance"), "ini llmperf_tolerance")
+    night_opt = config.getoption("llmperf_night_cv")
+    policy = SuitePolicy(
+        budget=_fraction(config.getini("llmperf_false_alarm_budget"), "ini llmperf_false_alarm_budget"),
+        night_cv=_fraction(
+            night_opt if night_opt is not None else config.getini("llmperf_night_cv"),
+            "--llmperf-night-cv" if night_opt is not None else "ini llmperf_night_cv",
+            zero_ok=True,
+        ),
+    )
+    confirm = config.getoption("llmperf_confirm_repeats")
+    if confirm < 0:
+        raise pytest.UsageError(f"--llmperf-confirm-repeats must be 0 or more, got {confirm}")
     endpoints: dict[str, str] = {}
     if config.getoption("llmperf_endpoints"):
         endpoints = load_endpoints(config.getoption("llmperf_endpoints"))
@@ -239,6 +258,8 @@ def build_session(config: pytest.Config) -> LlmperfSession:
         simulate=simulate,
         max_repeats=max_repeats,
         baseline_repeats=baseline_repeats,
+        confirm_repeats=confirm,
+        policy=policy,
         calibrate=bool(config.getoption("llmperf_calibrate")),
         shard=shard,
         other_hardware=config.getoption("llmperf_on_other_hardware"),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
+from pytest_llmperf.gate.check import decide
 from pytest_llmperf.gate.decision import (
     compare_metric,
     compare_samples,
@@ -12,6 +15,7 @@ from pytest_llmperf.gate.decision import (
     higher_is_better,
     overall_verdict,
 )
+from pytest_llmperf.gate.suite import SuitePolicy
 
 
 @pytest.mark.parametrize(
@@ -150,3 +154,62 @@ def test_failure_message_is_compact_and_names_everything() -> None:
     msg = format_failure([v])
     assert msg.startswith("output_throughput: 100.00 -> 80.00 (-20.0%, tolerance 5%, p=")
     assert msg.endswith("n=3/3)")
+
+
+def test_the_suite_budget_sets_how_strict_one_test_is() -> None:
+    """The same evidence fails a test alone and is inconclusive in a suite of 1000 tests: a no-change night
+    of the whole suite must stay green, so each test's share of the budget shrinks with the suite."""
+    base = [100.0, 101.5, 98.5, 100.8, 99.2]
+    cur = [92.0, 93.6, 90.4]  # about -8%, with 1.2% noise
+    alone = compare_metric("output_throughput", base, cur, policy=SuitePolicy(n_tests=1))
+    many = compare_metric("output_throughput", base, cur, policy=SuitePolicy(n_tests=1000))
+    assert alone.verdict == "FAIL" and many.verdict == "INCONCLUSIVE"
+    assert alone.p_value == many.p_value  # the evidence is the same; the bar is not
+    assert SuitePolicy(n_tests=34).metric_alpha == pytest.approx((1 - 0.98 ** (1 / 34)) / 2)
+    assert "budget 2% over 34 gated test(s)" in SuitePolicy(n_tests=34).describe()
+
+
+def test_night_to_night_variation_widens_what_counts_as_a_regression() -> None:
+    base = [100.0, 100.2, 99.8, 100.1, 99.9]
+    cur = [92.9, 93.1, 93.0]  # -7%, very tight runs: significant unless nights differ by themselves
+    assert compare_metric("output_throughput", base, cur).verdict == "FAIL"
+    nights = SuitePolicy(night_cv=0.03)  # a night on another node may be 3% off by itself
+    v = compare_metric("output_throughput", base, cur, policy=nights)
+    assert v.verdict == "INCONCLUSIVE" and v.p_value is not None and v.p_value > 0.01
+    # a reference of 10 nights (3 runs each, centred on their night) averages half of the night term out
+    ten_nights = [100.0 + 0.1 * (i % 3 - 1) for i in range(30)]
+    ten = compare_metric("output_throughput", ten_nights, cur, policy=SuitePolicy(night_cv=0.03, reference_nights=10))
+    assert ten.p_value is not None and ten.p_value < v.p_value
+
+
+def test_an_outlier_run_is_left_out_and_named() -> None:
+    base = [100.0, 100.5, 99.5, 100.2, 99.8, 100.1, 99.9, 85.0, 100.3, 99.7]  # one run 15% slow
+    v = compare_metric("output_throughput", base, [99.8, 100.2, 100.0])
+    assert v.verdict == "PASS" and v.n_baseline == 9 and "1 outlier run(s) left out" in v.note
+    assert v.baseline == pytest.approx(100.0, abs=0.1)
+
+
+def test_sequential_confirmation_spends_runs_only_where_they_decide_something() -> None:
+    reference = {"output_throughput": [100.0, 101.0, 99.0, 100.5, 99.5]}
+    calls: list[int] = []
+
+    def confirm_with(values: list[float], samples: dict[str, list[float]]) -> Callable[[], int]:
+        def confirm() -> int:
+            calls.append(len(values))
+            samples["output_throughput"] += values
+            return len(values)
+
+        return confirm
+
+    clear = {"output_throughput": [100.2, 99.8, 100.4]}
+    d = decide(reference, clear, tolerance={}, default_tolerance=0.06, confirm=confirm_with([100.0] * 5, clear))
+    assert d.verdict == "PASS" and calls == [] and d.confirmation == ""
+    # a first verdict 5% down (beyond 60% of the 6% tolerance) buys fresh runs, and those decide
+    doubtful = {"output_throughput": [95.0, 95.4, 94.6]}
+    d = decide(reference, doubtful, tolerance={}, default_tolerance=0.06, confirm=confirm_with([100.0] * 5, doubtful))
+    assert calls == [5] and len(doubtful["output_throughput"]) == 8 and d.verdict == "PASS"
+    assert d.confirmation.startswith("confirmation: the first 3 run(s) showed output_throughput -5.0%")
+    assert "5 fresh run(s) were added" in d.confirmation
+    failing = {"output_throughput": [88.0, 88.5, 87.5]}
+    d = decide(reference, failing, tolerance={}, default_tolerance=0.06, confirm=confirm_with([88.0] * 5, failing))
+    assert calls == [5, 5] and d.verdict == "FAIL"

@@ -45,11 +45,18 @@ def test_a_ten_percent_slowdown_fails_on_throughput_and_tpot_and_no_slowdown_pas
     pytester.runpytest("--llmperf-update-baselines").assert_outcomes(passed=1)
     same = pytester.runpytest()
     same.assert_outcomes(passed=1)
+    assert "gate: suite false-alarm budget 2% over 1 gated test(s)" in same.stdout.str()
+    assert "confirmation" not in same.stdout.str()  # a clear pass stops at the minimum
     slower = pytester.runpytest("--llmperf-sim-slowdown", "1.10")
     slower.assert_outcomes(failed=1)
     v = verdicts(slower)
     assert v["total_token_throughput"] == v["output_throughput"] == v["mean_tpot_ms"] == "FAIL", v
     assert v["failed"] == "PASS"
+    # the failure was confirmed: 5 fresh runs on top of the first 3, and the message says what the first showed
+    out = slower.stdout.str()
+    assert "note: confirmation: the first 3 run(s) showed total_token_throughput -9" in out
+    assert "5 fresh run(s) were added before deciding" in out
+    assert " 3/8 " in out  # the n column: baseline runs / tonight's runs
 
 
 def test_noise_alone_does_not_fail(pytester: pytest.Pytester) -> None:
@@ -72,13 +79,13 @@ def test_adaptive_repeats_add_runs_while_inconclusive(pytester: pytest.Pytester)
         a, b = data["metrics"][metric]
         data["metrics"][metric] = [a * 0.75, b * 1.25]
     path.write_text(json.dumps(data))
-    fixed = pytester.runpytest("--llmperf-sim-slowdown", "1.1", "--llmperf-repeats", "2", "-W", "error::UserWarning")
+    # (sequential confirmation off, to see adaptive repeats alone)
+    only = ("--llmperf-sim-slowdown", "1.1", "--llmperf-repeats", "2", "--llmperf-confirm-repeats", "0")
+    fixed = pytester.runpytest(*only, "-W", "error::UserWarning")
     assert "INCONCLUSIVE" in fixed.stdout.str()
-    adaptive = pytester.runpytest(
-        "--llmperf-sim-slowdown", "1.1", "--llmperf-repeats", "2", "--llmperf-max-repeats", "6"
-    )
-    rows = [line for line in adaptive.stdout.lines if line.startswith("engine-decode") and "output_throughput" in line]
-    assert rows and "2/6" in rows[0]  # 6 current runs were measured to settle it
+    pytester.runpytest(*only, "--llmperf-max-repeats", "6", "--llmperf-report-dir", "r")
+    runs = sorted(p.name for p in (pytester.path / "r" / "results" / "engine-decode").iterdir())
+    assert len(runs) == 6, runs  # 6 current runs were measured to settle it
 
 
 def test_calibration_reports_variation_and_suggested_tolerances(pytester: pytest.Pytester) -> None:
@@ -233,3 +240,23 @@ def test_baseline_repeats_record_more_runs_than_a_nightly_uses(pytester: pytest.
     nightly = pytester.runpytest("--llmperf-repeats", "2")
     nightly.assert_outcomes(passed=1)
     assert "5/2" in nightly.stdout.str()  # the n column: baseline runs / tonight's runs
+
+
+def test_the_suite_size_is_what_runs_after_deselection(pytester: pytest.Pytester) -> None:
+    """Each test's strictness derives from the gated tests in the run: three here, one with -k."""
+    pytester.makefile(
+        ".toml",
+        matrix=MATRIX.format(jitter=0.0, seed=0).replace(
+            "[[workloads]]",
+            '[[engines]]\nid = "b"\nengine = "sim"\nmodel = "llmperf-sim"\n\n'
+            '[[engines]]\nid = "c"\nengine = "sim"\nmodel = "llmperf-sim"\n\n[[workloads]]',
+            1,
+        ),
+    )
+    pytester.makepyfile(test_perf=PERF_TEST)
+    everything = pytester.runpytest("--llmperf-update-baselines", "--llmperf-repeats", "1")
+    everything.assert_outcomes(passed=3)
+    assert "suite false-alarm budget 2% over 3 gated test(s): a metric fails at p < 0.0034" in everything.stdout.str()
+    one = pytester.runpytest("--llmperf-repeats", "1", "-k", "engine-decode")
+    one.assert_outcomes(passed=1)
+    assert "suite false-alarm budget 2% over 1 gated test(s): a metric fails at p < 0.01 " in one.stdout.str()

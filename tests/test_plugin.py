@@ -166,8 +166,10 @@ def test_regression_fails_the_item_naming_metrics_and_update_accepts_it(suite: p
     )
     slow.stdout.re_match_lines(
         [
-            r"output_throughput: [\d.]+ -> [\d.]+ \(-\d+\.\d%, tolerance 25%, p=.*, n=2/2\)",
-            r"mean_tpot_ms: [\d.]+ -> [\d.]+ \(\+\d+\.\d%, tolerance 25%, p=.*, n=2/2\)",
+            # 2 runs, then 5 fresh ones to confirm the failure (sequential confirmation)
+            r"output_throughput: [\d.]+ -> [\d.]+ \(-\d+\.\d%, tolerance 25%, p=.*, n=2/7\)",
+            r"mean_tpot_ms: [\d.]+ -> [\d.]+ \(\+\d+\.\d%, tolerance 25%, p=.*, n=2/7\)",
+            r"note: confirmation: the first 2 run\(s\) showed .*; 5 fresh run\(s\) were added before deciding",
         ]
     )
     assert {f: f.read_text() for f in baseline_files(suite)} == before  # failing runs never touch baselines

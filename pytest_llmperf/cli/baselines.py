@@ -18,6 +18,7 @@ from pytest_llmperf.errors import BaselineError
 from pytest_llmperf.gate.baseline import SCHEMA_VERSION, load_baseline, write_baseline
 from pytest_llmperf.gate.decision import DEFAULT_TOLERANCE, compare_samples, overall_verdict
 from pytest_llmperf.gate.identity import dataset_identity
+from pytest_llmperf.gate.suite import SuitePolicy
 from pytest_llmperf.report.terminal import summary_table
 
 __all__ = ["baselines_main", "compare_main", "load_samples"]
@@ -281,6 +282,9 @@ def compare_main(argv: list[str] | None = None) -> int:
         default=DEFAULT_TOLERANCE,
         help=f"relative tolerance of gated metrics without their own (default {DEFAULT_TOLERANCE:g}, as the gate)",
     )
+    ap.add_argument(
+        "--night-cv", type=float, default=0.0, help="night-to-night variation of the metrics, as --llmperf-night-cv"
+    )
     ap.add_argument("-v", "--verbose", action="store_true", help="also show the reported (ungated) metrics")
     args = ap.parse_args(argv)
     if not 0 < args.tolerance < 1:
@@ -294,15 +298,18 @@ def compare_main(argv: list[str] | None = None) -> int:
     if not shared:
         print(f"llmperf compare: no case in common between {args.old} and {args.new}", file=sys.stderr)
         return 2
+    # the gate's own decision: the compared cases are the suite that shares the false-alarm budget
+    policy = SuitePolicy(n_tests=len(shared), night_cv=args.night_cv)
     records: list[dict[str, Any]] = []
     for case in shared:
         rows = compare_samples(
-            old[case], new[case], tolerances=tolerances.get(case, {}), default_tolerance=args.tolerance
+            old[case], new[case], tolerances=tolerances.get(case, {}), default_tolerance=args.tolerance, policy=policy
         )
         records.append(
             {"nodeid": case, "case": case, "verdict": overall_verdict(rows), "rows": [r.as_dict() for r in rows]}
         )
     print(summary_table(records, verbose=args.verbose))
+    print(f"gate: {policy.describe()}")
     only = sorted(set(old) ^ set(new))
     if only:
         print(f"\nonly on one side (not compared): {', '.join(only)}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,27 @@ from pytest_llmperf import __version__
 from pytest_llmperf.config import EngineConfig, Workload
 from pytest_llmperf.errors import BaselineError
 from pytest_llmperf.gate.baseline import Baseline, Provenance, load_baseline
-from pytest_llmperf.gate.decision import DEFAULT_GATED, MetricVerdict, compare_samples, overall_verdict
+from pytest_llmperf.gate.decision import (
+    DEFAULT_GATED,
+    MetricVerdict,
+    compare_samples,
+    higher_is_better,
+    overall_verdict,
+)
 from pytest_llmperf.gate.identity import WorkIdentity, differences
+from pytest_llmperf.gate.suite import DEFAULT_POLICY, SuitePolicy
 from pytest_llmperf.hardware import Gpu, hardware_key
 
-__all__ = ["Decision", "Reference", "decide", "hardware_for", "load_reference", "new_baseline", "tolerances"]
+__all__ = [
+    "Decision",
+    "Reference",
+    "borderline",
+    "decide",
+    "hardware_for",
+    "load_reference",
+    "new_baseline",
+    "tolerances",
+]
 
 
 @dataclass
@@ -56,6 +72,7 @@ class Reference:
 class Decision:
     rows: list[MetricVerdict]
     verdict: str  # PASS, FAIL, INCONCLUSIVE, NEW
+    confirmation: str = ""  # why fresh runs were added before deciding (sequential confirmation)
 
     @property
     def functional(self) -> bool:
@@ -102,24 +119,60 @@ def tolerances(*layers: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
+BORDERLINE = 0.6  # a first verdict with a gated metric worse by more than this share of its tolerance is confirmed
+
+
+def borderline(rows: list[MetricVerdict]) -> list[MetricVerdict]:
+    """The gated performance rows a first verdict cannot rest on: failing, inconclusive, or worse by more than
+    ``BORDERLINE`` of the tolerance."""
+    out = []
+    for r in rows:
+        if not r.gated or r.metric == "failed" or r.change is None:
+            continue
+        worse_by = -r.change if higher_is_better(r.metric) else r.change
+        if r.verdict in ("FAIL", "INCONCLUSIVE") or worse_by > BORDERLINE * r.tolerance:
+            out.append(r)
+    return out
+
+
 def decide(
-    ref: Reference,
+    reference: Mapping[str, Sequence[float]] | None,
     samples: dict[str, list[float]],
     *,
     tolerance: dict[str, float],
     default_tolerance: float,
+    policy: SuitePolicy = DEFAULT_POLICY,
+    confirm: Callable[[], int] | None = None,
     more: Callable[[], bool] | None = None,
 ) -> Decision:
-    """Compare ``samples`` with the reference. While the verdict is inconclusive and ``more`` measures
-    another run into ``samples`` (it returns False when it may not), compare again."""
+    """Compare ``samples`` with the ``reference`` runs (None: there is none).
+
+    A failing or borderline first verdict is confirmed: ``confirm`` measures fresh runs into ``samples``
+    (it returns how many) and the verdict is taken again on all runs. Then, while the verdict is
+    inconclusive and ``more`` measures another run (it returns False when it may not), compare again.
+    """
 
     def compare() -> list[MetricVerdict]:
-        return compare_samples(ref.metrics, samples, tolerances=tolerance, default_tolerance=default_tolerance)
+        return compare_samples(
+            reference, samples, tolerances=tolerance, default_tolerance=default_tolerance, policy=policy
+        )
 
     rows = compare()
+    confirmation = ""
+    doubtful = borderline(rows) if reference is not None else []
+    if doubtful and confirm is not None:
+        first = ", ".join(f"{r.metric} {r.change:+.1%}" for r in doubtful if r.change is not None)
+        n_first = max(len(v) for v in samples.values())
+        added = confirm()
+        if added:
+            confirmation = (
+                f"confirmation: the first {n_first} run(s) showed {first} (failing, or beyond "
+                f"{BORDERLINE:.0%} of the tolerance); {added} fresh run(s) were added before deciding"
+            )
+            rows = compare()
     while overall_verdict(rows) == "INCONCLUSIVE" and more is not None and more():
         rows = compare()
-    return Decision(rows, overall_verdict(rows))
+    return Decision(rows, overall_verdict(rows), confirmation)
 
 
 def _git_commit(root: Path) -> str | None:

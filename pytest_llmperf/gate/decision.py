@@ -1,11 +1,10 @@
 """The gate: compare current run-level samples with a baseline's, metric by metric.
 
-A gated metric FAILs only when its change is worse than the tolerance *and*, when both sides
-have at least two samples, a one-sided two-sample t-test on the run-level samples says the change
-is significant (p < alpha). The pooled-variance (Student) test is used: both sides are runs of
-the same benchmark with the same noise process, and with 3 runs a side its 4 degrees of freedom
-give it the power that Welch's test lacks (benchmarks/gate_monte_carlo.py, docs/performance.md).
-A change beyond the tolerance without significance is INCONCLUSIVE.
+A gated metric FAILs only when its change is worse than the tolerance (the smallest change that
+matters) *and* significant under the suite's policy (``gate/suite.py``): the suite's false-alarm
+budget spread over its gated tests, the runs' within-night noise estimated robustly (outlier runs left
+out), and the night-to-night variation when it is known. A change beyond the tolerance without
+significance is INCONCLUSIVE. ``benchmarks/gate_monte_carlo.py --suite 34`` measures the whole design.
 
 With fewer than two samples on a side (a published single number, say) there is no test: the
 tolerance band is widened by twice the noise estimated from the other side (or 3% when neither
@@ -21,6 +20,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+from pytest_llmperf.gate.suite import DEFAULT_POLICY, SuitePolicy, weigh
 
 __all__ = [
     "DEFAULT_GATED",
@@ -39,10 +40,8 @@ Verdict = Literal["PASS", "FAIL", "INCONCLUSIVE", "NEW"]
 
 DEFAULT_GATED: tuple[str, ...] = ("total_token_throughput", "output_throughput", "mean_tpot_ms", "failed")
 REPORTED: tuple[str, ...] = ("request_throughput", "mean_ttft_ms", "p99_ttft_ms", "p99_tpot_ms", "mean_itl_ms")
-# chosen with benchmarks/gate_monte_carlo.py: at 3% run-to-run noise and 3 runs a side, at most 1%
-# false alarms with no change and at least 95% detection of a 10% regression
+# the smallest change that matters by default; significance comes from the suite policy (gate/suite.py)
 DEFAULT_TOLERANCE = 0.06
-DEFAULT_ALPHA = 0.10
 DEFAULT_NOISE_CV = 0.03
 STALE_FACTOR = 2.0  # an improvement of more than STALE_FACTOR x tolerance suggests a stale baseline
 
@@ -81,22 +80,6 @@ class MetricVerdict:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _p_value_worse(base: Sequence[float], cur: Sequence[float], higher_better: bool) -> float:
-    """One-sided two-sample (pooled-variance, Student) t-test p-value for 'current is worse than baseline'."""
-    from scipy import stats  # imported on the first comparison, not when the plugin loads
-    alternative = "less" if higher_better else "greater"  # cur - base
-    if statistics.pvariance(base) == 0 and statistics.pvariance(cur) == 0:
-        worse = (
-            (statistics.fmean(cur) < statistics.fmean(base))
-            if higher_better
-            else (statistics.fmean(cur) > statistics.fmean(base))
-        )
-        return 0.0 if worse else 1.0
-    result = stats.ttest_ind(cur, base, equal_var=True, alternative=alternative)
-    p = float(result.pvalue)
-    return 1.0 if math.isnan(p) else p
 
 
 def _noise_cv(*sides: Sequence[float]) -> float:
@@ -146,7 +129,7 @@ def compare_metric(
     current: Sequence[float],
     *,
     tolerance: float = DEFAULT_TOLERANCE,
-    alpha: float = DEFAULT_ALPHA,
+    policy: SuitePolicy = DEFAULT_POLICY,
     gated: bool = True,
 ) -> MetricVerdict:
     cur_mean = statistics.fmean(current)
@@ -154,32 +137,33 @@ def compare_metric(
         return _compare_failures(baseline, current, gated)
     if not baseline:
         return MetricVerdict(metric, None, cur_mean, None, tolerance, None, 0, len(current), "NEW", gated)
-    base_mean = statistics.fmean(baseline)
     higher = higher_is_better(metric)
-    change = (cur_mean - base_mean) / base_mean if base_mean else (0.0 if cur_mean == base_mean else math.inf)
-    worse_by = -change if higher else change
+    ev = weigh(baseline, current, higher_better=higher, policy=policy)
+    base_mean, cur_mean, worse_by = ev.base, ev.current, ev.worse_by
+    change = -worse_by if higher else worse_by
     p_value: float | None = None
-    note = ""
+    notes = [f"{ev.outliers} outlier run(s) left out"] if ev.outliers else []
     verdict: Verdict
     if worse_by > tolerance:
-        if len(baseline) >= 2 and len(current) >= 2:
-            p_value = _p_value_worse(baseline, current, higher)
-            verdict = "FAIL" if p_value < alpha else "INCONCLUSIVE"
+        if ev.p_value is not None:
+            p_value = ev.p_value
+            verdict = "FAIL" if p_value < policy.metric_alpha else "INCONCLUSIVE"
             if verdict == "INCONCLUSIVE":
-                note = f"beyond tolerance but not significant (p={p_value:.3f} >= {alpha})"
+                notes.append(f"beyond tolerance but not significant (p={p_value:.2g} >= {policy.metric_alpha:.2g})")
         else:
             wide = tolerance + 2 * _noise_cv(baseline, current)
             verdict = "FAIL" if worse_by > wide else "INCONCLUSIVE"
-            note = f"n<2 on a side: no test; tolerance widened by the noise estimate to {wide:.1%}"
+            notes.append(f"n<2 on a side: no test; tolerance widened by the noise estimate to {wide:.1%}")
     else:
         verdict = "PASS"
         if -worse_by > STALE_FACTOR * tolerance:
-            note = "large improvement: the baseline may be stale (--llmperf-update-baselines=all)"
+            notes.append("large improvement: the baseline may be stale (--llmperf-update-baselines=all)")
+    note = "; ".join(notes)
     if not gated and verdict != "PASS":
         note = (note + "; " if note else "") + f"reported only ({verdict.lower()})"
         verdict = "PASS"
     return MetricVerdict(
-        metric, base_mean, cur_mean, change, tolerance, p_value, len(baseline), len(current), verdict, gated, note
+        metric, base_mean, cur_mean, change, tolerance, p_value, ev.n_base, ev.n_current, verdict, gated, note
     )
 
 
@@ -191,7 +175,7 @@ def compare_samples(
     default_tolerance: float = DEFAULT_TOLERANCE,
     gated: Sequence[str] = DEFAULT_GATED,
     reported: Sequence[str] = REPORTED,
-    alpha: float = DEFAULT_ALPHA,
+    policy: SuitePolicy = DEFAULT_POLICY,
 ) -> list[MetricVerdict]:
     rows: list[MetricVerdict] = []
     for metric in (*gated, *reported):
@@ -204,7 +188,7 @@ def compare_samples(
                 base,
                 current[metric],
                 tolerance=tolerances.get(metric, default_tolerance),
-                alpha=alpha,
+                policy=policy,
                 gated=metric in gated,
             )
         )

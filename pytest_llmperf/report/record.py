@@ -42,6 +42,7 @@ def result_record(
     baseline: str,
     notes: list[str],
     written: bool,
+    gate: str = "",
 ) -> dict[str, Any]:
     """The JSON record of one test: what the terminal summary, ``summary.json`` and ``llmperf report`` show."""
     engine = case.engine
@@ -65,6 +66,7 @@ def result_record(
         "runs": runs,
         "means": {k: statistics.fmean(v) for k, v in sorted(samples.items())},
         "rows": [r.as_dict() for r in decision.rows],
+        "gate": gate,  # the suite policy the verdict was taken under
     }
 
 

@@ -91,7 +91,13 @@ class ResultCollector:
             tr.write_line(line)
         for line, row in zip(lines[2:], rows, strict=True):
             tr.write_line(line, **_MARKUP.get(row.verdict, {}))
-        tr.write_line("p: one-sided t-test p-value, computed only for a change beyond its tolerance ('-' within it)")
+        tr.write_line(
+            "p: one-sided t-test p-value, computed only for a change beyond its tolerance ('-' within it); "
+            "n: runs used, baseline/tonight (outlier runs left out)"
+        )
+        # from the records: an xdist controller collects nothing, its workers know the suite's size
+        for policy in dict.fromkeys(str(r.get("gate") or state.policy.describe()) for r in state.results):
+            tr.write_line(f"gate: {policy}")
         for line in result_notes(state.results):  # notes people act on: a stale baseline, a new engine version
             tr.write_line(line, yellow=True)
         # from the records, so that the controller of an xdist run names what its workers wrote
