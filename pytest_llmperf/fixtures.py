@@ -213,6 +213,7 @@ class PerfGate:
             notes=[n for n in (decision.confirmation, result.stopped) if n],
             written=written,
             gate=self.state.policy.describe(),
+            hardware=self.hardware(),
         )
         self.item.user_properties.append((RESULT_PROPERTY, json.dumps(record)))
         self.item.user_properties.extend(junit_properties(decision))

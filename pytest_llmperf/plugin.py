@@ -88,6 +88,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "before it is decided (default 5; 0: decide on the first runs)",
     )
     group.addoption(
+        "--llmperf-history",
+        default=None,
+        metavar="URL",
+        help="record every run in this history store at the end: a SQLite file path, or postgresql://... "
+        "(needs the 'history' extra)",
+    )
+    group.addoption(
         "--llmperf-night-cv",
         type=float,
         default=None,

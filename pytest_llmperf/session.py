@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ class LlmperfSession:
     baseline_dir_option: str | None = None  # --llmperf-baseline-dir as given (for the commands the plugin prints)
     _matrices: dict[Path, Matrix] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    run_uid: str = field(default_factory=lambda: uuid.uuid4().hex)  # this session in summary.json and history
+    history: str | None = None  # --llmperf-history: the store this session's runs are recorded in
     run_id: str = field(default_factory=lambda: f"{os.getpid()}-{time.time_ns()}")
 
     @property
@@ -152,6 +155,19 @@ def _fraction(value: object, what: str, *, zero_ok: bool = False) -> float:
     if not (0 <= number < 1 if zero_ok else 0 < number < 1):
         raise pytest.UsageError(f"{what} must be in {'[0, 1)' if zero_ok else '(0, 1)'}, got {number}")
     return number
+
+
+def history_target(target: str | None) -> str | None:
+    """--llmperf-history: checked at start (the extra installed), so that a night is not lost at its end."""
+    if target is None:
+        return None
+    try:
+        import sqlalchemy  # noqa: F401
+    except ImportError:
+        raise pytest.UsageError(
+            f"--llmperf-history {target}: the history store needs SQLAlchemy: pip install 'pytest-llmperf[history]'"
+        ) from None
+    return target
 
 
 def _usage_int(value: str, what: str) -> int:
@@ -260,6 +276,7 @@ def build_session(config: pytest.Config) -> LlmperfSession:
         baseline_repeats=baseline_repeats,
         confirm_repeats=confirm,
         policy=policy,
+        history=history_target(config.getoption("llmperf_history")),
         calibrate=bool(config.getoption("llmperf_calibrate")),
         shard=shard,
         other_hardware=config.getoption("llmperf_on_other_hardware"),

@@ -18,6 +18,7 @@ commands:
   report DIR [DIR ...]    one summary, the study view and one exit code over report (or baseline) folders
   tiny-model DIR          write a tiny Llama config + locally trained tokenizer (a real vLLM on CPU, no hub)
   compare OLD NEW         compare two result or baseline sets with the gate's verdicts (exit 1 on regression)
+  history ingest|show     the nightly history store: add report folders, show each test's recent nights
 """
 
 
@@ -74,6 +75,12 @@ def _compare(args: list[str]) -> int:
     return compare_main(args)
 
 
+def _history(args: list[str]) -> int:
+    from pytest_llmperf.cli.history import main as history_main
+
+    return history_main(args)
+
+
 def _report(args: list[str]) -> int:
     from pytest_llmperf.cli.report import main as report_main
 
@@ -110,6 +117,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "matrix": _matrix,
     "baselines": _baselines,
     "compare": _compare,
+    "history": _history,
 }
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "Reference",
     "borderline",
     "decide",
+    "git_commit",
     "hardware_for",
     "load_reference",
     "new_baseline",
@@ -175,7 +176,7 @@ def decide(
     return Decision(rows, overall_verdict(rows), confirmation)
 
 
-def _git_commit(root: Path) -> str | None:
+def git_commit(root: Path) -> str | None:
     try:
         return (
             subprocess.run(
@@ -212,7 +213,7 @@ def new_baseline(
             date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             plugin_version=__version__,
             source="measured",
-            git_commit=_git_commit(root),
+            git_commit=git_commit(root),
         ),
         tolerance=previous.tolerance if previous is not None else {},
         metrics={k: v for k, v in sorted(samples.items())},

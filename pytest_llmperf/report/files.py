@@ -26,7 +26,7 @@ from pytest_llmperf import __version__
 from pytest_llmperf.redact import MASK, redact_argv, redact_text
 from pytest_llmperf.report.rows import ORDER, table, verdict_rows
 
-__all__ = ["SUMMARY_SCHEMA_VERSION", "copy_logs", "markdown_summary", "write_run", "write_session"]
+__all__ = ["SUMMARY_SCHEMA_VERSION", "copy_logs", "markdown_summary", "session_summary", "write_run", "write_session"]
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -60,28 +60,36 @@ def _environment(gpus: Any) -> dict[str, Any]:
     }
 
 
-def write_session(
-    report_dir: Path,
+def session_summary(
     records: Sequence[dict[str, Any]],
     *,
     gpus: Any,
     started: float,
     shard: str | None = None,
-) -> list[Path]:
-    report_dir.mkdir(parents=True, exist_ok=True)
+    run_uid: str = "",
+    suite_commit: str | None = None,
+) -> dict[str, Any]:
+    """What ``summary.json`` holds, and what the history store ingests: one session's every verdict."""
     engines: dict[str, str | None] = {}
     for rec in records:
         if rec.get("config"):
             engines[rec["config"]] = rec.get("engine_version")
-    summary = {
+    return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
+        "run_uid": run_uid,  # one pytest session (one shard): ingesting it twice adds nothing
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
         "shard": shard,
+        "suite_commit": suite_commit,
         "environment": _environment(gpus),
         "engine_versions": engines,
         "tests": list(records),
     }
+
+
+def write_session(report_dir: Path, summary: dict[str, Any]) -> list[Path]:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    records = summary["tests"]
     written = []
     path = report_dir / "summary.json"
     path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

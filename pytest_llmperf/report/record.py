@@ -43,6 +43,7 @@ def result_record(
     notes: list[str],
     written: bool,
     gate: str = "",
+    hardware: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON record of one test: what the terminal summary, ``summary.json`` and ``llmperf report`` show."""
     engine = case.engine
@@ -65,6 +66,8 @@ def result_record(
         "updated": written,
         "runs": runs,
         "means": {k: statistics.fmean(v) for k, v in sorted(samples.items())},
+        "samples": {k: list(v) for k, v in sorted(samples.items())},  # every run: what the history keeps
+        "hardware": hardware,  # the key the test was compared under
         "rows": [r.as_dict() for r in decision.rows],
         "gate": gate,  # the suite policy the verdict was taken under
     }

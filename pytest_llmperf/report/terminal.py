@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from tabulate import tabulate
 
-from pytest_llmperf.report.files import write_session
+from pytest_llmperf.gate.check import git_commit
+from pytest_llmperf.report.files import session_summary, write_session
 from pytest_llmperf.report.record import CALIBRATION_PROPERTY, PERF_TEST_PROPERTY, RESULT_PROPERTY
 from pytest_llmperf.report.rows import table, verdict_rows
 from pytest_llmperf.session import LlmperfSession
@@ -66,16 +67,19 @@ class ResultCollector:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps({"tests": state.calibration, "summary": summary}, indent=2) + "\n")
             terminalreporter.write_line(f"llmperf: wrote {state.relative(out)}")
+        summary = session_summary(
+            state.results,
+            gpus=None if state.simulate else describe_gpus(state),
+            started=state.started,
+            shard=state.shard,
+            run_uid=state.run_uid,
+            suite_commit=git_commit(state.rootdir) if state.report_dir or state.history else None,
+        )
         if state.report_dir is not None:  # also for a shard that ran no test: it reports, empty
-            written = write_session(
-                state.report_dir,
-                state.results,
-                gpus=None if state.simulate else describe_gpus(state),
-                started=state.started,
-                shard=state.shard,
-            )
-            for path in written:
+            for path in write_session(state.report_dir, summary):
                 terminalreporter.write_line(f"llmperf: wrote {path}")
+        if state.history:
+            terminalreporter.write_line(f"llmperf: history: {record_history(state.history, summary)}")
         if self.skips:  # the reasons that matter, without -rs: what is missing and the option that runs them
             terminalreporter.write_sep("=", f"llmperf: {sum(self.skips.values())} perf test(s) skipped")
             for reason, count in sorted(self.skips.items(), key=lambda kv: -kv[1]):
@@ -161,3 +165,19 @@ def describe_gpus(state: LlmperfSession) -> str:
     if not gpus:
         return "none detected"
     return f"{len(gpus)}x {gpus[0].name} (driver {gpus[0].driver})"
+
+
+def record_history(target: str, summary: dict[str, Any]) -> str:
+    """Ingest this session into the history store; a store that cannot be written is said, not raised."""
+    from pytest_llmperf.history.ingest import ingest_summary
+    from pytest_llmperf.history.store import HistoryError, HistoryStore
+
+    try:
+        store = HistoryStore(target)
+        try:
+            added = ingest_summary(store, summary)
+        finally:
+            store.close()
+    except HistoryError as exc:
+        return f"not recorded: {exc}"
+    return f"{added} run(s) recorded in {target}"
