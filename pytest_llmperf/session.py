@@ -20,6 +20,7 @@ from pytest_llmperf.engines.pool import RunningServer, ServerPool
 from pytest_llmperf.gate.suite import DEFAULT_CONFIRM_RUNS, DEFAULT_POLICY, SuitePolicy
 from pytest_llmperf.hardware import Gpu, detect_gpus
 from pytest_llmperf.loadgen.runner import ProgressFn
+from pytest_llmperf.redact import redact_text
 from pytest_llmperf.sharding import parse_shard
 
 if sys.version_info >= (3, 11):
@@ -161,12 +162,15 @@ def history_target(target: str | None) -> str | None:
     """--llmperf-history: checked at start (the extra installed), so that a night is not lost at its end."""
     if target is None:
         return None
-    try:
-        import sqlalchemy  # noqa: F401
-    except ImportError:
-        raise pytest.UsageError(
-            f"--llmperf-history {target}: the history store needs SQLAlchemy: pip install 'pytest-llmperf[history]'"
-        ) from None
+    needs = ["sqlalchemy"] + (["psycopg"] if target.startswith("postgresql") else [])
+    for module in needs:
+        try:
+            __import__(module)
+        except ImportError:
+            raise pytest.UsageError(
+                f"--llmperf-history {redact_text(target)}: the history store needs {module}: "
+                "pip install 'pytest-llmperf[history]'"
+            ) from None
     return target
 
 

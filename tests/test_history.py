@@ -185,3 +185,20 @@ def test_three_nights_of_a_suite_recorded_by_pytest_and_shown(pytester: pytest.P
     assert len(rows) == 3
     assert "PASS" in rows[0] and "PASS" in rows[1] and "FAIL (not accepted)" in rows[2]
     assert " 7 " in rows[2]  # 2 runs and 5 to confirm the failure: every run is kept
+
+
+def test_a_store_that_cannot_be_reached_is_said_without_its_password(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("psycopg")
+    pytester.makefile(
+        ".toml",
+        matrix='[[engines]]\nid = "e"\nengine = "sim"\nmodel = "llmperf-sim"\n'
+        'sim = { profile = "deterministic", ttft_ms = 5, itl_ms = 5 }\n\n'
+        '[[workloads]]\nid = "w"\nrandom_input_len = 16\nrandom_output_len = 4\nnum_prompts = 4\n',
+    )
+    pytester.makepyfile(test_perf=PERF_TEST)
+    url = "postgresql+psycopg://nightly:s3cret-pw@127.0.0.1:1/history"  # nothing listens on port 1
+    result = pytester.runpytest("--llmperf-update-baselines", "--llmperf-repeats", "1", "--llmperf-history", url)
+    result.assert_outcomes(passed=1)  # the night's verdicts stand; the history line says what happened
+    out = result.stdout.str()
+    assert "llmperf: history: not recorded: history store postgresql+psycopg://" in out
+    assert "s3cret-pw" not in out

@@ -11,6 +11,7 @@ import pytest
 from tabulate import tabulate
 
 from pytest_llmperf.gate.check import git_commit
+from pytest_llmperf.redact import redact_text
 from pytest_llmperf.report.files import session_summary, write_session
 from pytest_llmperf.report.record import CALIBRATION_PROPERTY, PERF_TEST_PROPERTY, RESULT_PROPERTY
 from pytest_llmperf.report.rows import table, verdict_rows
@@ -79,7 +80,10 @@ class ResultCollector:
             for path in write_session(state.report_dir, summary):
                 terminalreporter.write_line(f"llmperf: wrote {path}")
         if state.history:
-            terminalreporter.write_line(f"llmperf: history: {record_history(state.history, summary)}")
+            said = record_history(state.history, summary)
+            if said.startswith("not recorded") and state.report_dir is not None:
+                said += f"; record it later with: llmperf history ingest --db URL {state.relative(state.report_dir)}"
+            terminalreporter.write_line(f"llmperf: history: {said}", red=said.startswith("not recorded"))
         if self.skips:  # the reasons that matter, without -rs: what is missing and the option that runs them
             terminalreporter.write_sep("=", f"llmperf: {sum(self.skips.values())} perf test(s) skipped")
             for reason, count in sorted(self.skips.items(), key=lambda kv: -kv[1]):
@@ -179,5 +183,5 @@ def record_history(target: str, summary: dict[str, Any]) -> str:
         finally:
             store.close()
     except HistoryError as exc:
-        return f"not recorded: {exc}"
-    return f"{added} run(s) recorded in {target}"
+        return f"not recorded: {redact_text(str(exc))}"
+    return f"{added} run(s) recorded in {redact_text(target)}"  # a PostgreSQL URL may hold a password
