@@ -202,3 +202,14 @@ def test_a_store_that_cannot_be_reached_is_said_without_its_password(pytester: p
     out = result.stdout.str()
     assert "llmperf: history: not recorded: history store postgresql+psycopg://" in out
     assert "s3cret-pw" not in out
+
+
+def test_show_of_a_missing_store_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "none.sqlite"
+    shown = subprocess.run(
+        [sys.executable, "-m", "pytest_llmperf.cli", "history", "show", "--db", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 2 and f"no history store at {path}" in shown.stderr
+    assert not path.exists()

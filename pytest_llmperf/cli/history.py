@@ -63,6 +63,9 @@ def show_table(rows: list[dict[str, Any]], metric: str, nights: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.verb == "show" and "://" not in args.db and not Path(args.db).exists():  # show never creates a store
+        print(f"llmperf history: no history store at {args.db} (record one with --llmperf-history)", file=sys.stderr)
+        return 2
     try:
         store = HistoryStore(args.db)
     except HistoryError as exc:
