@@ -213,3 +213,43 @@ def test_show_of_a_missing_store_says_so_and_creates_nothing(tmp_path: Path) -> 
     )
     assert shown.returncode == 2 and f"no history store at {path}" in shown.stderr
     assert not path.exists()
+
+
+def test_change_points_find_a_step_and_none_in_noise() -> None:
+    pytest.importorskip("ruptures")
+    from pytest_llmperf.history.changes import change_points
+
+    rng = __import__("random").Random(3)
+    flat = [1000 * (1 + 0.02 * rng.gauss(0, 1)) for _ in range(60)]
+    assert change_points(flat) == []
+    stepped = flat[:40] + [v * 0.93 for v in flat[40:]]
+    (cp,) = change_points(stepped)
+    assert abs(cp.index - 40) <= 2 and cp.step == pytest.approx(-0.07, abs=0.02)
+
+
+def test_history_changes_names_the_step_what_changed_across_it_and_fails_on_a_new_one(tmp_path: Path) -> None:
+    pytest.importorskip("ruptures")
+    db = str(tmp_path / "h.sqlite")
+    store = HistoryStore(db)
+    rng = __import__("random").Random(5)
+    for i in range(30):
+        s = summary(f"n{i:02d}", f"2026-11-{i + 1:02d}T01:00:00+00:00", tests=1, scale=0.9 if i >= 24 else 1.0)
+        s["tests"][0]["engine_version"] = "0.14.0" if i >= 24 else "0.13.0"
+        for metric, values in s["tests"][0]["samples"].items():
+            s["tests"][0]["samples"][metric] = [v * (1 + 0.01 * rng.gauss(0, 1)) for v in values]
+        s["tests"][0]["samples"]["mean_tpot_ms"] = [20.0 * (1 + 0.01 * rng.gauss(0, 1)) for _ in range(3)]
+        ingest_summary(store, s)
+    store.close()
+
+    def changes(*extra: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "pytest_llmperf.cli", "history", "changes", "--db", db, *extra]
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+    new = changes()
+    assert new.returncode == 1, new.stdout + new.stderr
+    line = next(x for x in new.stdout.splitlines() if "output_throughput" in x)
+    assert "2026-11-25" in line and "-10.0%" in line and "engine 0.13.0 -> 0.14.0" in line
+    assert "REGRESSION (new)" in line
+    assert "new change point in the bad direction: c0-w output_throughput -10.0%" in new.stderr
+    old = changes("--last", "3")  # the step is 6 nights back: listed, no longer new
+    assert old.returncode == 0 and "REGRESSION" in old.stdout and "(new)" not in old.stdout

@@ -18,7 +18,8 @@ commands:
   report DIR [DIR ...]    one summary, the study view and one exit code over report (or baseline) folders
   tiny-model DIR          write a tiny Llama config + locally trained tokenizer (a real vLLM on CPU, no hub)
   compare OLD NEW         compare two result or baseline sets with the gate's verdicts (exit 1 on regression)
-  history ingest|show     the nightly history store: add report folders, show each test's recent nights
+  history ingest|show|changes   the nightly history store: add report folders, show each test's recent
+                          nights, find change points (exit 1 on a new one in the bad direction)
 """
 
 
