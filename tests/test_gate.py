@@ -189,6 +189,14 @@ def test_an_outlier_run_is_left_out_and_named() -> None:
     assert v.baseline == pytest.approx(100.0, abs=0.1)
 
 
+def test_near_identical_runs_have_no_outliers() -> None:
+    """A deterministic simulator's runs differ by hundredths of a percent: a run 0.1% off is not an outlier
+    (the MAD of such runs is near zero; the robust scale has a floor of 0.5% of the level)."""
+    base = [7457.66, 7459.27, 7458.10]
+    v = compare_metric("output_throughput", base, [7458.0, 7458.1, 7458.05, 7466.0])
+    assert v.n_baseline == 3 and v.n_current == 4 and "outlier" not in v.note
+
+
 def test_sequential_confirmation_spends_runs_only_where_they_decide_something() -> None:
     reference = {"output_throughput": [100.0, 101.0, 99.0, 100.5, 99.5]}
     calls: list[int] = []

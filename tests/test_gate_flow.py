@@ -54,7 +54,7 @@ def test_a_ten_percent_slowdown_fails_on_throughput_and_tpot_and_no_slowdown_pas
     assert v["failed"] == "PASS"
     # the failure was confirmed: 5 fresh runs on top of the first 3, and the message says what the first showed
     out = slower.stdout.str()
-    assert "note: confirmation: the first 3 run(s) showed total_token_throughput -9" in out
+    assert re.search(r"note: confirmation: the first 3 run\(s\) showed total_token_throughput -\d+\.\d%", out), out
     assert "5 fresh run(s) were added before deciding" in out
     # the n column: baseline runs / tonight's runs used (8, less any run the robust rule left out)
     assert re.search(r" 3/[5-8] ", out), out

@@ -38,6 +38,9 @@ __all__ = [
 DEFAULT_BUDGET = 0.02  # the share of no-change nights a suite may go red on
 DEFAULT_CONFIRM_RUNS = 5  # fresh runs a borderline or failing first verdict buys
 OUTLIER_SDS = 3.0
+# the robust scale is at least this share of the level: near-identical runs (a deterministic simulator)
+# have a MAD near zero, and a run 0.1% off is not an outlier; with this floor one must be 1.5% off at least
+SCALE_FLOOR = 0.005
 CHANCES_PER_TEST = 2  # throughput (total and output together) and TPOT
 
 
@@ -103,7 +106,7 @@ class Evidence:
 
 def weigh(base: Sequence[float], current: Sequence[float], *, higher_better: bool, policy: SuitePolicy) -> Evidence:
     """The change of ``current`` against ``base`` with its standard error and one-sided p-value."""
-    scale = _pooled_mad_sd(base, current)
+    scale = max(_pooled_mad_sd(base, current), SCALE_FLOOR * abs(statistics.median(base)))
     b, c = robust_runs(base, scale), robust_runs(current, scale)
     mb, mc = statistics.fmean(b), statistics.fmean(c)
     change = (mc - mb) / mb if mb else 0.0
