@@ -16,6 +16,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from pytest_llmperf.gate.decision import DEFAULT_GATED
 from pytest_llmperf.history.ingest import ingest_dir
 from pytest_llmperf.history.store import HistoryError, HistoryStore
 
@@ -50,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-GATED_SERIES = ("total_token_throughput", "output_throughput", "mean_tpot_ms")
+GATED_SERIES = tuple(m for m in DEFAULT_GATED if m != "failed")  # the gated performance metrics
 
 
 def nightly_series(rows: list[dict[str, Any]]) -> dict[str, list[tuple[dict[str, Any], dict[str, float]]]]:
