@@ -7,8 +7,9 @@ optionally outlier runs (one in twenty 15% slow). Every test is decided by the p
 (``pytest_llmperf.gate.check.decide`` with the suite policy of ``--suite`` tests and the default
 tolerance): the first ``--runs`` runs, and for a failing or borderline first verdict
 ``--confirm`` fresh runs before deciding. The reference is one baseline night of ``--baseline-runs``
-runs, or (``--reference-nights K``) K past nights of 3 runs each, each night's runs centred on that
-night's mean: what a history reference supplies.
+runs (given the model's night CV, as ``--llmperf-night-cv`` would), or K past nights of 3 runs each,
+each night's runs centred on that night's mean, with the night CV measured over the suite's reference
+nights: what ``--llmperf-reference history:K`` does with the history store.
 
 A night is red when any test FAILs. Rows: no change (the share of red nights is the suite's false
 alarms), then one test regressed (throughput down or TPOT up): the share of nights that test FAILs.
@@ -21,13 +22,19 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from pytest_llmperf.gate.check import decide
 from pytest_llmperf.gate.decision import DEFAULT_TOLERANCE, overall_verdict
-from pytest_llmperf.gate.suite import DEFAULT_BUDGET, DEFAULT_CONFIRM_RUNS, SuitePolicy
+from pytest_llmperf.gate.suite import (
+    DEFAULT_BUDGET,
+    DEFAULT_CONFIRM_RUNS,
+    SuitePolicy,
+    centred_nights,
+    night_cv_estimate,
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,7 @@ MODELS = {
     "iid": [Noise("(a) i.i.d. normal, CV 3%", 0.03)],
     "night": [
         Noise("(b) CV 2% + night offset CV 1.5%, one baseline night", 0.02, 0.015),
-        Noise("(b) CV 2% + night offset CV 1.5%, reference of 10 past nights", 0.02, 0.015, 0.0, 10),
+        Noise("(b) CV 2% + night offset CV 1.5%, 10 past nights (history), CV measured", 0.02, 0.015, 0.0, 10),
     ],
     "outliers": [Noise("(c) CV 3%, one run in twenty 15% slow", 0.03, 0.0, 0.05)],
     "one-node": [Noise("CV 1% (one node, back to back)", 0.01)],
@@ -68,20 +75,21 @@ class Night:
     def offset(self) -> float:
         return float(self.rng.standard_normal() * self.noise.night_cv)
 
-    def reference(self, baseline_runs: int) -> dict[str, list[float]]:
-        if self.noise.reference_nights <= 1:
-            t, p = self.runs(baseline_runs, self.offset())
-            return {"total_token_throughput": t.tolist(), "mean_tpot_ms": p.tolist()}
-        nights = [self.runs(3, self.offset()) for _ in range(self.noise.reference_nights)]
-        gt, gp = np.mean([t.mean() for t, _ in nights]), np.mean([p.mean() for _, p in nights])
-        return {
-            "total_token_throughput": np.concatenate([t - t.mean() + gt for t, _ in nights]).tolist(),
-            "mean_tpot_ms": np.concatenate([p - p.mean() + gp for _, p in nights]).tolist(),
-        }
+    def reference_nights(self, baseline_runs: int) -> list[dict[str, list[float]]]:
+        """The reference's nights: one baseline night, or K past nights of 3 runs each."""
+        k = self.noise.reference_nights
+        nights = [self.runs(baseline_runs if k <= 1 else 3, self.offset()) for _ in range(max(1, k))]
+        return [{"total_token_throughput": t.tolist(), "mean_tpot_ms": p.tolist()} for t, p in nights]
 
 
-def one_test(night: Night, args: argparse.Namespace, policy: SuitePolicy, tput: float, tpot: float) -> tuple[str, int]:
-    reference = night.reference(args.baseline_runs)
+def one_test(
+    night: Night,
+    args: argparse.Namespace,
+    policy: SuitePolicy,
+    reference: list[dict[str, list[float]]],
+    tput: float,
+    tpot: float,
+) -> tuple[str, int]:
     offset = night.offset()
     t, p = night.runs(args.runs, offset, tput, tpot)
     samples = {"total_token_throughput": t.tolist(), "mean_tpot_ms": p.tolist()}
@@ -93,7 +101,7 @@ def one_test(night: Night, args: argparse.Namespace, policy: SuitePolicy, tput: 
         return int(args.confirm)
 
     decision = decide(
-        reference,
+        reference[0] if len(reference) == 1 else centred_nights(reference),
         samples,
         tolerance={},
         default_tolerance=args.tolerance,
@@ -103,6 +111,16 @@ def one_test(night: Night, args: argparse.Namespace, policy: SuitePolicy, tput: 
     return overall_verdict(decision.rows), len(samples["mean_tpot_ms"])
 
 
+def night_policy(policy: SuitePolicy, references: list[list[dict[str, list[float]]]]) -> SuitePolicy:
+    """A history reference measures the night-to-night CV over the suite's reference nights, as
+    ``--llmperf-reference history`` does over the store (``night_cv_estimate``); a baseline night is
+    given the model's CV (``--llmperf-night-cv``)."""
+    if policy.reference_nights <= 1:
+        return policy
+    series = [[n[m] for n in ref] for ref in references for m in ("total_token_throughput", "mean_tpot_ms")]
+    return replace(policy, night_cv=night_cv_estimate(series)[0])
+
+
 def row(
     night: Night, args: argparse.Namespace, policy: SuitePolicy, tput: float, tpot: float
 ) -> tuple[float, float, float]:
@@ -110,9 +128,12 @@ def row(
     red = caught = runs = 0
     regressed = tput != 1.0 or tpot != 1.0
     for _ in range(args.nights):
+        references = [night.reference_nights(args.baseline_runs) for _ in range(args.suite)]
+        tonight = night_policy(policy, references)
         any_red = False
         for i in range(args.suite):
-            verdict, n = one_test(night, args, policy, *((tput, tpot) if regressed and i == 0 else (1.0, 1.0)))
+            change = (tput, tpot) if regressed and i == 0 else (1.0, 1.0)
+            verdict, n = one_test(night, args, tonight, references[i], *change)
             runs += n
             if verdict == "FAIL":
                 any_red = True

@@ -19,6 +19,7 @@ import os
 import re
 import shlex
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ from pytest_llmperf.gate.check import (
     Decision,
     Reference,
     decide,
+    from_history,
     hardware_for,
     load_reference,
     new_baseline,
@@ -128,6 +130,8 @@ class PerfGate:
             identity=self.identity(result),
             measured=set(result.samples),
         )
+        if state.reference_nights is not None:
+            ref = self._history_reference(result, ref)
         if ref.invalid and not state.update:  # failed outside the except block: no chained traceback
             pytest.fail(
                 f"[{self.case.id}] {ref.invalid}\nRe-record it (replaces the file): {self.rerecord}", pytrace=False
@@ -139,6 +143,31 @@ class PerfGate:
             write_baseline(self.path, self._new_baseline(result, ref))
         self._record(result, ref, decision, written)
         self._outcome(result, ref, decision, update)
+
+    def _history_reference(self, result: PerfResult, file: Reference) -> Reference:
+        """--llmperf-reference history:K: the last K accepted nights of this test, engine version and hardware;
+        the baseline file while history holds fewer than two."""
+        from pytest_llmperf.history.reference import history_reference
+        from pytest_llmperf.history.store import hardware_text
+
+        assert self.state.reference_nights is not None
+        version = result.server.version or ""
+        hist, found = history_reference(
+            self.state.history_store(),
+            case_id=self.case.id,
+            engine_version=version,
+            hardware=hardware_text(self.hardware()),
+            k=self.state.reference_nights,
+        )
+        if hist is None:
+            file.notes.append(
+                f"reference: the baseline file; history holds {found} accepted night(s) of this test on engine "
+                f"version {version or '?'} and this hardware (--llmperf-reference history needs 2)"
+            )
+            return file
+        return from_history(
+            file, hist.metrics, nights=hist.nights, described=hist.describe(), measured=set(result.samples)
+        )
 
     def _refresh(self, decision: Decision, ref: Reference) -> tuple[bool, bool]:
         """(is this test refreshed, is its baseline written). A run with failed requests is written only when
@@ -175,7 +204,7 @@ class PerfGate:
             result.samples,
             tolerance=tolerance,
             default_tolerance=self.state.default_tolerance,
-            policy=self.state.policy,
+            policy=replace(self.state.policy, reference_nights=ref.nights),
             confirm=confirm,
             more=more,
         )

@@ -95,6 +95,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(needs the 'history' extra)",
     )
     group.addoption(
+        "--llmperf-reference",
+        default="baseline",
+        metavar="SOURCE",
+        help="what tonight is compared with: 'baseline' (the committed files, default) or 'history[:K]' (the "
+        "last K accepted nights of the same test, engine version and hardware in --llmperf-history; K 10)",
+    )
+    group.addoption(
         "--llmperf-night-cv",
         type=float,
         default=None,
@@ -293,6 +300,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # the suite's size sets each test's strictness: counted before a shard takes its part, so that every shard
     # of one night holds its tests to the same standard
     state.policy = replace(state.policy, n_tests=max(1, n_perf))
+    state.night_cv_from_history()
     first_seen: dict[str, int] = {}
     keys: list[int] = []
     for index, item in enumerate(items):

@@ -9,7 +9,7 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from pytest_llmperf.config import Matrix, load_matrix
 from pytest_llmperf.engines.pool import RunningServer, ServerPool
 from pytest_llmperf.gate.suite import DEFAULT_CONFIRM_RUNS, DEFAULT_POLICY, SuitePolicy
 from pytest_llmperf.hardware import Gpu, detect_gpus
+from pytest_llmperf.history.reference import parse_reference
 from pytest_llmperf.loadgen.runner import ProgressFn
 from pytest_llmperf.redact import redact_text
 from pytest_llmperf.sharding import parse_shard
@@ -61,6 +62,9 @@ class LlmperfSession:
     started: float = field(default_factory=time.time)
     run_uid: str = field(default_factory=lambda: uuid.uuid4().hex)  # this session in summary.json and history
     history: str | None = None  # --llmperf-history: the store this session's runs are recorded in
+    reference_nights: int | None = None  # --llmperf-reference history:K (None: the baseline files)
+    night_cv_given: bool = False  # --llmperf-night-cv or ini llmperf_night_cv set: history does not estimate it
+    _store: Any = None
     run_id: str = field(default_factory=lambda: f"{os.getpid()}-{time.time_ns()}")
 
     @property
@@ -95,6 +99,28 @@ class LlmperfSession:
                 write.write_line(f"  [{label}] {done}/{total} requests, {rate:,.0f} output tok/s, {elapsed:.0f} s")
 
         return report
+
+    def history_store(self) -> Any:
+        """The history store, opened once (--llmperf-reference history needs it during the session)."""
+        if self._store is None and self.history is not None:
+            from pytest_llmperf.history.store import HistoryError, HistoryStore
+
+            try:
+                self._store = HistoryStore(self.history)
+            except HistoryError as exc:
+                raise pytest.UsageError(f"--llmperf-history: {exc}") from None
+        return self._store
+
+    def night_cv_from_history(self) -> None:
+        """--llmperf-reference history: the night-to-night CV measured over the store's accepted nights,
+        unless it was given."""
+        if self.reference_nights is None or self.night_cv_given:
+            return
+        from pytest_llmperf.history.reference import suite_night_cv
+
+        cv, df = suite_night_cv(self.history_store(), k=self.reference_nights)
+        if df:
+            self.policy = replace(self.policy, night_cv=cv, night_from=f"from history, {df} df")
 
     def matrix(self, path: Path) -> Matrix:
         path = path.resolve()
@@ -238,6 +264,17 @@ def build_session(config: pytest.Config) -> LlmperfSession:
             zero_ok=True,
         ),
     )
+    try:
+        reference_nights = parse_reference(config.getoption("llmperf_reference"))
+    except ValueError as exc:
+        raise pytest.UsageError(f"--llmperf-reference {config.getoption('llmperf_reference')!r}: {exc}") from None
+    if reference_nights is not None and not config.getoption("llmperf_history"):
+        raise pytest.UsageError(
+            "--llmperf-reference history reads past nights from the history store: give it with "
+            "--llmperf-history URL (a SQLite file, or postgresql://...)"
+        )
+    if reference_nights is not None:
+        policy = replace(policy, reference_nights=reference_nights)
     confirm = config.getoption("llmperf_confirm_repeats")
     if confirm < 0:
         raise pytest.UsageError(f"--llmperf-confirm-repeats must be 0 or more, got {confirm}")
@@ -281,6 +318,8 @@ def build_session(config: pytest.Config) -> LlmperfSession:
         confirm_repeats=confirm,
         policy=policy,
         history=history_target(config.getoption("llmperf_history")),
+        reference_nights=reference_nights,
+        night_cv_given=bool(policy.night_cv),
         calibrate=bool(config.getoption("llmperf_calibrate")),
         shard=shard,
         other_hardware=config.getoption("llmperf_on_other_hardware"),

@@ -15,7 +15,7 @@ from pytest_llmperf.gate.decision import (
     higher_is_better,
     overall_verdict,
 )
-from pytest_llmperf.gate.suite import SuitePolicy
+from pytest_llmperf.gate.suite import SuitePolicy, centred_nights, night_cv_estimate
 
 
 @pytest.mark.parametrize(
@@ -180,6 +180,32 @@ def test_night_to_night_variation_widens_what_counts_as_a_regression() -> None:
     ten_nights = [100.0 + 0.1 * (i % 3 - 1) for i in range(30)]
     ten = compare_metric("output_throughput", ten_nights, cur, policy=SuitePolicy(night_cv=0.03, reference_nights=10))
     assert ten.p_value is not None and ten.p_value < v.p_value
+
+
+def test_past_nights_are_centred_on_the_mean_of_their_means() -> None:
+    nights = [{"x": [99.0, 101.0], "y": [1.0]}, {"x": [104.0, 106.0, 105.0]}]
+    assert centred_nights(nights) == {"x": [101.5, 103.5, 101.5, 103.5, 102.5]}  # y is not in every night
+    assert centred_nights([]) == {}
+
+
+def test_the_night_to_night_cv_is_recovered_from_many_series() -> None:
+    """300 series of 10 nights, 3 runs each: run CV 2%, night offset CV 1.5% (the gate Monte Carlo's model)."""
+    import random
+
+    rng = random.Random(7)
+    series = []
+    for _ in range(300):
+        nights = []
+        for _ in range(10):
+            offset = rng.gauss(0, 0.015)
+            nights.append([100.0 * (1 + offset) * (1 + rng.gauss(0, 0.02)) for _ in range(3)])
+        series.append(nights)
+    cv, df = night_cv_estimate(series)
+    assert df == 300 * 9 and cv == pytest.approx(0.015, rel=0.1)
+    # no night offset: the runs' own noise in the night means is not mistaken for one
+    flat = [[[100.0 * (1 + rng.gauss(0, 0.02)) for _ in range(3)] for _ in range(10)] for _ in range(300)]
+    assert night_cv_estimate(flat)[0] < 0.004
+    assert night_cv_estimate([[[1.0, 1.1]]]) == (0.0, 0)  # one night: nothing to say
 
 
 def test_an_outlier_run_is_left_out_and_named() -> None:

@@ -4,6 +4,8 @@ cluster on a loopback port (skipped, with the reason, where it is not installed)
 from __future__ import annotations
 
 import glob
+import importlib.util
+import json
 import multiprocessing
 import os
 import shutil
@@ -144,8 +146,29 @@ def test_a_newer_schema_is_refused_naming_the_upgrade(tmp_path: Path) -> None:
     with store.engine.begin() as conn:
         conn.execute(store.meta.update().values(value="99"))
     store.close()
-    with pytest.raises(HistoryError, match=r"schema 99 is newer than this pytest-llmperf's \(1\): upgrade it"):
+    with pytest.raises(HistoryError, match=r"schema 99 is newer than this pytest-llmperf's \(2\): upgrade it"):
         HistoryStore(path)
+
+
+def test_a_schema_1_store_is_migrated_in_place_and_keeps_its_nights(db: str) -> None:
+    import sqlalchemy as sa
+
+    store = HistoryStore(db)
+    ingest_summary(store, summary("old", "2026-11-01T01:00:00+00:00"))
+    with store.engine.begin() as conn:  # the store as schema 1 wrote it
+        conn.execute(sa.text("ALTER TABLE llmperf_runs DROP COLUMN tolerance"))
+        conn.execute(store.meta.update().values(value="1"))
+    store.close()
+    store = HistoryStore(db)
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(store.meta.c.value)).scalar() == "2"
+    night = summary("new", "2026-11-02T01:00:00+00:00")
+    night["tests"][0]["rows"][0]["tolerance"] = 0.08
+    assert ingest_summary(store, night) == 6
+    rows = store.runs_of(case_like="c0")
+    assert [r["tolerance"] for r in rows] == [None] * 3 + [{"output_throughput": 0.08}] * 3
+    assert rows[0]["metrics"]["output_throughput"] == 1000.0  # the old night is kept
+    store.close()
 
 
 def test_a_summary_without_a_run_uid_is_keyed_by_its_content() -> None:
@@ -185,6 +208,37 @@ def test_three_nights_of_a_suite_recorded_by_pytest_and_shown(pytester: pytest.P
     assert len(rows) == 3
     assert "PASS" in rows[0] and "PASS" in rows[1] and "FAIL (not accepted)" in rows[2]
     assert " 7 " in rows[2]  # 2 runs and 5 to confirm the failure: every run is kept
+    if importlib.util.find_spec("matplotlib") is not None:
+        page = subprocess.run(
+            [sys.executable, "-m", "pytest_llmperf.cli", "history", "html", "--db", db, "dashboard"],
+            capture_output=True,
+            text=True,
+            cwd=pytester.path,
+        )
+        assert page.returncode == 0, page.stderr
+        suite_page = (pytester.path / "dashboard" / "suite-test-perf-py.html").read_text()
+        assert suite_page.count('<figure class="chart"') == 3 and "e-w" in suite_page
+    # the gate's reference from history: the two accepted nights (the failed third one is not accepted)
+    by_history = ["--llmperf-repeats", "2", "--llmperf-history", db, "--llmperf-reference", "history:10"]
+    fourth = pytester.runpytest(*by_history, "--llmperf-report-dir", "night4")
+    fourth.assert_outcomes(passed=1)
+    record = json.loads((pytester.path / "night4" / "summary.json").read_text())["tests"][0]
+    assert record["reference"] == "history:2", record
+    assert any(n.startswith("reference: the last 2 accepted night(s) in history") for n in record["notes"])
+    assert "up to 10 reference nights" in fourth.stdout.str()
+    slow_again = pytester.runpytest(*by_history, "--llmperf-sim-slowdown", "1.2")
+    slow_again.assert_outcomes(failed=1)
+    assert "reference: the last 3 accepted night(s) in history" in slow_again.stdout.str()
+
+
+def test_a_history_reference_needs_the_store_and_a_well_formed_k(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_perf=PERF_TEST)
+    alone = pytester.runpytest("--llmperf-reference", "history")
+    assert alone.ret == pytest.ExitCode.USAGE_ERROR
+    alone.stderr.fnmatch_lines(["*--llmperf-reference history reads past nights*--llmperf-history URL*"])
+    bad = pytester.runpytest("--llmperf-reference", "history:1", "--llmperf-history", "h.sqlite")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*'history:K' with K at least 2, e.g. --llmperf-reference history:10*"])
 
 
 def test_a_store_that_cannot_be_reached_is_said_without_its_password(pytester: pytest.Pytester) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -84,6 +85,13 @@ def test_three_shards_cover_every_test_once_and_merge_to_the_unsharded_verdicts(
         )
 
     assert verdicts((pytester.path / "merged.md").read_text()) == verdicts((pytester.path / "whole.md").read_text())
+    if importlib.util.find_spec("sqlalchemy") is not None:  # the merged night into the history store, once
+        shards = [*cmd, "shard1", "shard2", "shard3", "--llmperf-history", "nightly.sqlite"]
+        first = subprocess.run(shards, cwd=pytester.path, capture_output=True, text=True)
+        assert first.returncode == 0, first.stderr
+        assert "history: 20 run(s) of 3 report folder(s) recorded in nightly.sqlite" in first.stdout
+        again = subprocess.run(shards, cwd=pytester.path, capture_output=True, text=True)
+        assert "history: 0 run(s) of 3 report folder(s)" in again.stdout
     missing = subprocess.run(
         [*cmd, "shard1", "shard3", "--out", "m.md"], cwd=pytester.path, capture_output=True, text=True
     )

@@ -3,21 +3,21 @@
 llmperf history ingest --db history.sqlite REPORT_DIR [REPORT_DIR ...]
 llmperf history show --db history.sqlite [-k TEXT] [--metric M] [--since DATE] [--nights N]
 llmperf history changes --db history.sqlite [-k TEXT] [--last 7]   (exit 1: a new regression step)
+llmperf history plot --db history.sqlite [-k TEXT] [--metric M] [-o history-plots/]
+llmperf history html --db history.sqlite OUT/                     (open OUT/index.html from disk)
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
-from pytest_llmperf.gate.decision import DEFAULT_GATED
 from pytest_llmperf.history.ingest import ingest_dir
+from pytest_llmperf.history.series import GATED_SERIES, changes_of, nightly_series
 from pytest_llmperf.history.store import HistoryError, HistoryStore
 
 __all__ = ["main"]
@@ -48,93 +48,76 @@ def _parser() -> argparse.ArgumentParser:
         default=7,
         help="a bad change point in the last N nights fails (default 7; a step shows once 4 nights follow it)",
     )
+    plot = sub.add_parser("plot", help="one PNG per test and gated metric (needs the 'plot' extra)")
+    plot.add_argument("--db", required=True, help="SQLite file path or database URL")
+    plot.add_argument("-k", dest="case", default=None, help="only the cases whose id contains TEXT")
+    plot.add_argument("--metric", action="append", default=None, help="a metric to draw (repeatable; default: gated)")
+    plot.add_argument("-o", "--out", type=Path, default=Path("history-plots"), help="folder (default history-plots)")
+    page = sub.add_parser("html", help="a static dashboard that opens from disk (needs the 'plot' extra)")
+    page.add_argument("--db", required=True, help="SQLite file path or database URL")
+    page.add_argument("-k", dest="case", default=None, help="only the cases whose id contains TEXT")
+    page.add_argument("out", type=Path, help="the folder to write index.html and one page per suite into")
     return ap
 
 
-GATED_SERIES = tuple(m for m in DEFAULT_GATED if m != "failed")  # the gated performance metrics
+def _plot(rows: list[dict[str, Any]], metrics: list[str], out: Path) -> int:
+    from pytest_llmperf.history.charts import write_png
 
-
-def nightly_series(rows: list[dict[str, Any]]) -> dict[str, list[tuple[dict[str, Any], dict[str, float]]]]:
-    """Per case, its nights in order: (the night's first run row, the mean of each metric over its runs)."""
-    by_case: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
-    for row in rows:
-        by_case[row["case_id"]][row["session_uid"]].append(row)
-    out = {}
-    for case, sessions in by_case.items():
-        nights = sorted(sessions.values(), key=lambda runs: (runs[0]["started"], runs[0]["session_uid"]))
-        out[case] = [
-            (
-                runs[0],
-                {m: statistics.fmean(r["metrics"][m] for r in runs) for m in GATED_SERIES if m in runs[0]["metrics"]},
-            )
-            for runs in nights
-        ]
-    return out
+    out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for case, nights in sorted(nightly_series(rows).items()):
+        changes = changes_of(case, nights, metrics)
+        for metric in metrics:
+            if any(metric in n.means for n in nights):
+                write_png(case, metric, nights, [c for c in changes if c.metric == metric], out)
+                written += 1
+    print(f"llmperf history: {written} chart(s) written to {out}")
+    return 0
 
 
 def changes_report(rows: list[dict[str, Any]], last: int) -> tuple[str, list[str]]:
     """The change points as a table, and those in the bad direction within the last ``last`` nights."""
-    from pytest_llmperf.gate.decision import higher_is_better
-    from pytest_llmperf.history.changes import change_points
-
     table, alarms = [], []
     for case, nights in sorted(nightly_series(rows).items()):
-        for metric in GATED_SERIES:
-            series = [means[metric] for _, means in nights if metric in means]
-            if len(series) != len(nights):
-                continue
-            for cp in change_points(series):
-                before, after = nights[cp.index - 1][0], nights[cp.index][0]
-                across = [
-                    f"{label} {before[key]} -> {after[key]}"
-                    for label, key in (("engine", "engine_version"), ("hardware", "hardware"))
-                    if before[key] != after[key]
+        for change in changes_of(case, nights):
+            cp = change.point
+            new = cp.index >= len(nights) - last
+            table.append(
+                [
+                    case,
+                    change.metric,
+                    change.after.started,
+                    f"{cp.before:,.2f} -> {cp.after:,.2f}",
+                    f"{cp.step:+.1%}",
+                    "; ".join(change.across) or "-",
+                    ("REGRESSION" if change.bad else "improvement") + (" (new)" if new else ""),
                 ]
-                bad = cp.step < 0 if higher_is_better(metric) else cp.step > 0
-                new = cp.index >= len(nights) - last
-                table.append(
-                    [
-                        case,
-                        metric,
-                        after["started"],
-                        f"{cp.before:,.2f} -> {cp.after:,.2f}",
-                        f"{cp.step:+.1%}",
-                        "; ".join(across) or "-",
-                        ("REGRESSION" if bad else "improvement") + (" (new)" if new else ""),
-                    ]
-                )
-                if bad and new:
-                    alarms.append(f"{case} {metric} {cp.step:+.1%} from {after['started']}")
+            )
+            if change.bad and new:
+                alarms.append(f"{case} {change.metric} {cp.step:+.1%} from {change.after.started}")
     headers = ["test", "metric", "first night after", "level", "step", "changed across it", "direction"]
     return tabulate(table, headers=headers, disable_numparse=True), alarms
 
 
 def show_table(rows: list[dict[str, Any]], metric: str, nights: int) -> str:
     """Per test, one line per night: the mean of its runs, the change against its reference, the verdict."""
-    by_case: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
-    for row in rows:
-        by_case[row["case_id"]][row["session_uid"]].append(row)
     out = []
-    for case in sorted(by_case):
-        sessions = sorted(by_case[case].values(), key=lambda runs: (runs[0]["started"], runs[0]["session_uid"]))
-        for runs in sessions[-nights:]:
-            values = [r["metrics"][metric] for r in runs if metric in r["metrics"]]
-            if not values:
+    for case, series in sorted(nightly_series(rows).items()):
+        for night in series[-nights:]:
+            if metric not in night.means:
                 continue
-            mean = statistics.fmean(values)
-            ref = runs[0]["reference"].get(metric)
+            mean, ref = night.means[metric], night.reference.get(metric)
             change = f"{(mean - ref) / ref:+.1%}" if ref else "-"
-            verdict = runs[0]["verdict"] + ("" if runs[0]["accepted"] else " (not accepted)")
-            out.append(
-                [case, runs[0]["started"], f"{mean:,.2f}", change, len(values), verdict, runs[0]["engine_version"]]
-            )
+            verdict = night.verdict + ("" if night.accepted else " (not accepted)")
+            runs = len(night.runs[metric])
+            out.append([case, night.started, f"{mean:,.2f}", change, runs, verdict, night.engine_version])
     headers = ["test", "night", metric, "change", "runs", "verdict", "engine version"]
     return tabulate(out, headers=headers, disable_numparse=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.verb == "show" and "://" not in args.db and not Path(args.db).exists():  # show never creates a store
+    if args.verb != "ingest" and "://" not in args.db and not Path(args.db).exists():  # only ingest creates a store
         print(f"llmperf history: no history store at {args.db} (record one with --llmperf-history)", file=sys.stderr)
         return 2
     try:
@@ -161,6 +144,22 @@ def main(argv: list[str] | None = None) -> int:
             for alarm in alarms:
                 print(f"llmperf history: new change point in the bad direction: {alarm}", file=sys.stderr)
             return 1 if alarms else 0
+        if args.verb in ("plot", "html"):
+            rows = store.runs_of(case_like=args.case)
+            if not rows:
+                print("llmperf history: no run matches", file=sys.stderr)
+                return 1
+            try:
+                if args.verb == "plot":
+                    return _plot(rows, args.metric or list(GATED_SERIES), args.out)
+                from pytest_llmperf.history.dashboard import write_dashboard
+
+                pages = write_dashboard(nightly_series(rows), args.out)
+            except HistoryError as exc:
+                print(f"llmperf history: {exc}", file=sys.stderr)
+                return 2
+            print(f"llmperf history: dashboard written: {pages[0]} ({len(pages) - 1} suite page(s))")
+            return 0
         rows = store.runs_of(case_like=args.case, since=args.since)
         if not rows:
             print("llmperf history: no run matches", file=sys.stderr)

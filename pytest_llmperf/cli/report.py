@@ -133,6 +133,26 @@ def plot(view: StudyView, entries: list[Entry], out_dir: Path) -> list[Path]:
     return written
 
 
+def _record_history(target: str, folders: list[Path]) -> tuple[str, str]:
+    """(what was recorded, the problem when the store could not be written)."""
+    from pytest_llmperf.history.ingest import ingest_dir
+    from pytest_llmperf.history.store import HistoryError, HistoryStore
+    from pytest_llmperf.redact import redact_text
+
+    shown = redact_text(target)
+    added = 0
+    try:
+        store = HistoryStore(target)
+        try:
+            for folder in folders:
+                added += ingest_dir(store, folder)
+        finally:
+            store.close()
+    except HistoryError as exc:
+        return "not recorded", f"history store {shown}: {redact_text(str(exc))}"
+    return f"{added} run(s) of {len(folders)} report folder(s) recorded in {shown}", ""
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="llmperf report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -151,6 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--plot", action="store_true", help="also draw PNG charts beside the --out file (needs the 'plot' extra)"
+    )
+    ap.add_argument(
+        "--llmperf-history",
+        dest="history",
+        metavar="URL",
+        default=None,
+        help="also record the report folders' runs in this history store (a SQLite file or postgresql://...): "
+        "the merged night of a sharded nightly; a folder already there adds nothing",
     )
     args = ap.parse_args(argv)
     if args.plot and args.out is None:
@@ -216,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         except InputError as exc:
             print(f"llmperf report: {exc}", file=sys.stderr)
             return 2
+    if args.history:
+        said, problem = _record_history(args.history, [d for d in args.dirs if (d / "summary.json").is_file()])
+        print(f"llmperf report: history: {said}")
+        problems += [problem] if problem else []
     for problem in problems:
         print(f"llmperf report: {problem}", file=sys.stderr)
     if problems:

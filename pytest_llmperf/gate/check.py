@@ -35,6 +35,7 @@ __all__ = [
     "Reference",
     "borderline",
     "decide",
+    "from_history",
     "git_commit",
     "hardware_for",
     "load_reference",
@@ -53,6 +54,9 @@ class Reference:
     work: list[str] = field(default_factory=list)  # workload, prompt file, engine config differences: not compared
     notes: list[str] = field(default_factory=list)  # allowed differences, shown
     missing: list[str] = field(default_factory=list)  # gated metrics the file has no samples of
+    history: dict[str, list[float]] | None = None  # --llmperf-reference history: past nights' runs, centred
+    nights: int = 1  # nights the reference holds (a baseline file: 1)
+    source: str = "baseline"  # "baseline", or "history:N" for N past nights
 
     @property
     def mismatches(self) -> list[str]:
@@ -65,8 +69,25 @@ class Reference:
 
     @property
     def metrics(self) -> dict[str, list[float]] | None:
+        if self.history is not None:
+            return self.history
         usable = self.baseline is not None and not self.invalid and not self.mismatches
         return self.baseline.metrics if usable and self.baseline is not None else None
+
+
+def from_history(
+    file: Reference, metrics: dict[str, list[float]], *, nights: int, described: str, measured: set[str]
+) -> Reference:
+    """The reference of past accepted nights (same test, engine version and hardware key, so never a
+    mismatch), keeping the baseline file for its tolerances and the refresh flow."""
+    return Reference(
+        file.baseline if file.metrics is not None else None,
+        notes=[f"reference: {described}"],
+        missing=[m for m in DEFAULT_GATED if m in measured and m not in metrics],
+        history=metrics,
+        nights=nights,
+        source=f"history:{nights}",
+    )
 
 
 @dataclass
@@ -166,11 +187,14 @@ def decide(
         n_first = max(len(v) for v in samples.values())
         added = confirm()
         if added:
+            rows = compare()
+            if overall_verdict(rows) == "INCONCLUSIVE":  # still beyond tolerance but not significant: once more
+                added += confirm()
+                rows = compare()
             confirmation = (
                 f"confirmation: the first {n_first} run(s) showed {first} (failing, or beyond "
                 f"{BORDERLINE:.0%} of the tolerance); {added} fresh run(s) were added before deciding"
             )
-            rows = compare()
     while overall_verdict(rows) == "INCONCLUSIVE" and more is not None and more():
         rows = compare()
     return Decision(rows, overall_verdict(rows), confirmation)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -31,6 +31,8 @@ __all__ = [
     "DEFAULT_POLICY",
     "Evidence",
     "SuitePolicy",
+    "centred_nights",
+    "night_cv_estimate",
     "robust_runs",
     "weigh",
 ]
@@ -52,6 +54,7 @@ class SuitePolicy:
     n_tests: int = 1  # gated perf tests in the night (all shards together)
     night_cv: float = 0.0  # night-to-night coefficient of variation of a metric's level
     reference_nights: int = 1  # nights the reference was built from (a baseline file: 1)
+    night_from: str = ""  # where night_cv comes from, when measured (history)
 
     @property
     def test_alpha(self) -> float:
@@ -63,8 +66,11 @@ class SuitePolicy:
         return self.test_alpha / CHANCES_PER_TEST
 
     def describe(self) -> str:
-        night = f"night-to-night CV {self.night_cv:.1%}" if self.night_cv else "no night-to-night term"
-        ref = "one baseline night" if self.reference_nights <= 1 else f"{self.reference_nights} reference nights"
+        night = (
+            f"night-to-night CV {self.night_cv:.1%}" if self.night_cv or self.night_from else "no night-to-night term"
+        )
+        night += f" ({self.night_from})" if self.night_from else ""
+        ref = "one baseline night" if self.reference_nights <= 1 else f"up to {self.reference_nights} reference nights"
         return (
             f"suite false-alarm budget {self.budget:.0%} over {self.n_tests} gated test(s): a metric fails at "
             f"p < {self.metric_alpha:.2g} and beyond its tolerance ({night}; {ref})"
@@ -130,3 +136,46 @@ def weigh(base: Sequence[float], current: Sequence[float], *, higher_better: boo
 
     p = float(stats.t.sf(worse_by / se, df_eff))
     return Evidence(mb, mc, worse_by, se, df_eff, p, len(b), len(c), outliers)
+
+
+def centred_nights(nights: Sequence[Mapping[str, Sequence[float]]]) -> dict[str, list[float]]:
+    """A reference of K nights as one sample: each night's runs moved onto the mean of the night means, so that
+    the night-to-night offsets are taken out of the within-night noise (``weigh`` then counts K degrees of
+    freedom spent, and the night term with ``1 / K``). Metrics not in every night are left out."""
+    if not nights:
+        return {}
+    common = set(nights[0]).intersection(*nights[1:])
+    out: dict[str, list[float]] = {}
+    for metric in sorted(common):
+        per_night = [list(n[metric]) for n in nights if n[metric]]
+        means = [statistics.fmean(v) for v in per_night]
+        grand = statistics.fmean(means)
+        out[metric] = [x - m + grand for v, m in zip(per_night, means, strict=True) for x in v]
+    return out
+
+
+def night_cv_estimate(series: Iterable[Sequence[Sequence[float]]]) -> tuple[float, int]:
+    """The night-to-night CV of a metric's level, pooled over many series (a series: one test's metric, its
+    nights' runs): the variance of the night means, less what the within-night noise puts into them,
+    relative to the level. Returns (CV, degrees of freedom of the between-night part); (0, 0) without two
+    nights of two runs anywhere."""
+    between_ss = within_ss = 0.0
+    between_df = within_df = 0
+    inverse_n: list[float] = []
+    for nights in series:
+        runs = [list(v) for v in nights if len(v) >= 2]
+        if len(runs) < 2:
+            continue
+        level = statistics.fmean(x for v in runs for x in v)
+        if not level:
+            continue
+        means = [statistics.fmean(v) / level for v in runs]
+        between_ss += statistics.variance(means) * (len(means) - 1)
+        between_df += len(means) - 1
+        within_ss += sum(sum((x / level - m) ** 2 for x in v) for v, m in zip(runs, means, strict=True))
+        within_df += sum(len(v) - 1 for v in runs)
+        inverse_n += [1 / len(v) for v in runs]
+    if not between_df or not within_df:
+        return 0.0, 0
+    night_var = between_ss / between_df - within_ss / within_df * statistics.fmean(inverse_n)
+    return math.sqrt(max(0.0, night_var)), between_df

@@ -31,6 +31,7 @@ def summary_rows(summary: Mapping[str, Any]) -> tuple[dict[str, Any], list[RunRo
         samples: Mapping[str, Sequence[float]] = rec.get("samples") or {k: [v] for k, v in rec.get("means", {}).items()}
         n = max((len(v) for v in samples.values()), default=0)
         reference = {r["metric"]: r["baseline"] for r in rec.get("rows", []) if r.get("baseline") is not None}
+        tolerance = {r["metric"]: r["tolerance"] for r in rec.get("rows", []) if r.get("tolerance")}
         verdict = str(rec.get("verdict", ""))
         for i in range(n):
             rows.append(
@@ -49,6 +50,7 @@ def summary_rows(summary: Mapping[str, Any]) -> tuple[dict[str, Any], list[RunRo
                     run_index=i,
                     metrics={k: float(v[i]) for k, v in samples.items() if i < len(v)},
                     reference=reference,
+                    tolerance=tolerance,
                 )
             )
     return session, rows

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_llmperf.errors import LlmperfError
@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - the extra is missing
 
 __all__ = ["SCHEMA_VERSION", "HistoryError", "HistoryStore", "RunRow", "database_url"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: llmperf_runs.tolerance (the gate's per-metric tolerance of the night)
 INSTALL_HINT = "pip install 'pytest-llmperf[history]'"
 
 
@@ -55,6 +55,13 @@ class RunRow:
     run_index: int
     metrics: Mapping[str, float]
     reference: Mapping[str, float]  # the reference's means this night was compared with
+    tolerance: Mapping[str, float] = field(default_factory=dict)  # the per-metric tolerance it was gated with
+
+
+# the statements that take a store from the schema before to this one (plain DDL both dialects accept)
+MIGRATIONS: dict[int, list[str]] = {
+    2: ["ALTER TABLE llmperf_runs ADD COLUMN tolerance JSON"],
+}
 
 
 def _tables(metadata: Any) -> tuple[Any, Any, Any]:
@@ -91,6 +98,7 @@ def _tables(metadata: Any) -> tuple[Any, Any, Any]:
         sa.Column("run_index", sa.Integer, nullable=False),
         sa.Column("metrics", sa.JSON, nullable=False),
         sa.Column("reference", sa.JSON, nullable=False),
+        sa.Column("tolerance", sa.JSON),  # schema 2
         sa.UniqueConstraint("session_uid", "nodeid", "run_index", name="uq_llmperf_run"),
         sa.Index("ix_llmperf_runs_case_started", "case_id", "started"),
     )
@@ -119,13 +127,25 @@ class HistoryStore:
         self.url = url
 
     def _check_version(self) -> None:
+        """A new store is stamped with this schema; an older one is migrated in place, one step at a time, in
+        one transaction; a newer one is refused."""
         with self.engine.begin() as conn:
             found = conn.execute(sa.select(self.meta.c.value).where(self.meta.c.key == "schema_version")).scalar()
             if found is None:
-                conn.execute(_insert_ignore(self.engine, self.meta, [{"key": "schema_version", "value": "1"}]))
-            elif int(found) > SCHEMA_VERSION:
+                values = [{"key": "schema_version", "value": str(SCHEMA_VERSION)}]
+                conn.execute(_insert_ignore(self.engine, self.meta, values))
+                return
+            version = int(found)
+            if version > SCHEMA_VERSION:
                 raise HistoryError(
                     f"history store schema {found} is newer than this pytest-llmperf's ({SCHEMA_VERSION}): upgrade it"
+                )
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[step]:
+                    conn.execute(sa.text(statement))
+            if version < SCHEMA_VERSION:
+                conn.execute(
+                    self.meta.update().where(self.meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
                 )
 
     def add(self, session: Mapping[str, Any], rows: Iterable[RunRow]) -> int:
@@ -147,6 +167,7 @@ class HistoryStore:
                 "run_index": r.run_index,
                 "metrics": dict(r.metrics),
                 "reference": dict(r.reference),
+                "tolerance": dict(r.tolerance),
             }
             for r in rows
         ]
@@ -159,14 +180,38 @@ class HistoryStore:
             return len(result.fetchall())
 
     def runs_of(self, *, case_like: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
-        """Run rows, oldest first: of the cases whose id contains ``case_like``, started at or after ``since``."""
-        query = sa.select(self.runs).order_by(self.runs.c.case_id, self.runs.c.started, self.runs.c.run_index)
+        """Run rows with their session's suite commit, oldest first: of the cases whose id contains ``case_like``,
+        started at or after ``since``."""
+        query = (
+            sa.select(self.runs, self.sessions.c.suite_commit)
+            .join(self.sessions, self.sessions.c.uid == self.runs.c.session_uid)
+            .order_by(self.runs.c.case_id, self.runs.c.started, self.runs.c.run_index)
+        )
         if case_like:
             query = query.where(self.runs.c.case_id.contains(case_like))
         if since:
             query = query.where(self.runs.c.started >= since)
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
+
+    def accepted_nights(
+        self, *, case_id: str | None = None, engine_version: str | None = None, hardware: str | None = None, k: int
+    ) -> dict[tuple[str, str, str], list[list[dict[str, Any]]]]:
+        """The last ``k`` accepted nights of each (case, engine version, hardware key), oldest first, each night
+        its run rows; narrowed to one series by the keyword arguments given."""
+        r = self.runs
+        query = sa.select(
+            r.c.session_uid, r.c.started, r.c.case_id, r.c.engine_version, r.c.hardware, r.c.run_index, r.c.metrics
+        ).where(r.c.accepted.is_(True))
+        for column, value in ((r.c.case_id, case_id), (r.c.engine_version, engine_version), (r.c.hardware, hardware)):
+            if value is not None:
+                query = query.where(column == value)
+        series: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(query.order_by(r.c.started, r.c.session_uid, r.c.run_index)):
+                key = (row.case_id, row.engine_version, row.hardware)
+                series.setdefault(key, {}).setdefault(row.session_uid, []).append(dict(row._mapping))
+        return {key: list(nights.values())[-k:] for key, nights in series.items()}
 
     def count(self) -> int:
         with self.engine.connect() as conn:

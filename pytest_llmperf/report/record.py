@@ -61,6 +61,7 @@ def result_record(
         "verdict": decision.verdict,
         "baseline": baseline,
         "baseline_source": ref.baseline.provenance.source if ref.baseline is not None else None,
+        "reference": ref.source,  # "baseline", or "history:N" (N past accepted nights)
         "not_compared": ref.mismatches,
         "notes": ref.notes + notes,
         "updated": written,
