@@ -5,6 +5,9 @@ A matrix file is TOML::
     [defaults]
     markers = ["sim"]          # markers applied to every test of this matrix (h200: needs an 8xH200 node)
 
+    [defaults.images]          # each engine's release image, named once (optional; a config may set its own
+    vllm = "vllm/vllm-openai:v0.13.0"   # image = "...", or python = "/venvs/vllm/bin/python")
+
     [gate.tolerance]           # relative tolerance per metric (optional)
     output_throughput = 0.05
 
@@ -28,7 +31,6 @@ A bad file raises :class:`ConfigError` naming the file, the entry and the field.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import sys
@@ -38,6 +40,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pytest_llmperf.config_messages import describe_location, near_name
 from pytest_llmperf.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -136,6 +139,10 @@ class EngineConfig(_Strict):
     # the words before the model in place of the engine's usual ones (`vllm serve`): for example
     # ["{python}", "-m", "vllm.entrypoints.openai.api_server", "--model"]; {python} is this interpreter
     launcher: tuple[str, ...] | None = None
+    # the engine's environment: a release container image (its command runs inside it), or the Python of a
+    # virtual environment of its own; default: the matrix's [defaults.images] / [defaults.pythons] for the engine
+    image: str | None = None
+    python: str | None = None
     served_model_name: str | None = None
     host: str | None = None  # listen address; default 127.0.0.1 (the client always uses loopback)
     port: int | None = Field(default=None, ge=1, le=65535)  # default: a free port chosen at launch
@@ -180,6 +187,8 @@ class EngineConfig(_Strict):
             raise ValueError("enable_expert_parallel is vLLM's switch; use expert_parallel_size for " + self.engine)
         if self.dp_attention and self.engine not in ("sglang", "sim"):
             raise ValueError("dp_attention is an SGLang switch (vLLM: data_parallel_size with enable_expert_parallel)")
+        if self.image and self.python:
+            raise ValueError("give image (a container) or python (a virtual environment), not both")
         return self
 
     @property
@@ -242,6 +251,8 @@ class Workload(_Strict):
 
 class MatrixDefaults(_Strict):
     markers: tuple[str, ...] = ()
+    images: dict[EngineName, str] = Field(default_factory=dict)  # each engine's container image, named once
+    pythons: dict[EngineName, str] = Field(default_factory=dict)  # or each engine's virtual environment
 
 
 class GateSettings(_Strict):
@@ -261,6 +272,27 @@ class Matrix(_Strict):
     gate: GateSettings = Field(default_factory=GateSettings)
     engines: tuple[EngineConfig, ...]
     workloads: tuple[Workload, ...]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_defaults(cls, data: Any) -> Any:
+        """[defaults.images] / [defaults.pythons] fill the configs of each engine that name neither."""
+        if not isinstance(data, dict):
+            return data
+        defaults = data.get("defaults") or {}
+        images, pythons = defaults.get("images") or {}, defaults.get("pythons") or {}
+        if not images and not pythons:
+            return data
+        engines = []
+        for entry in data.get("engines") or []:
+            if isinstance(entry, dict) and not entry.get("image") and not entry.get("python"):
+                engine = entry.get("engine")
+                if engine in images:
+                    entry = {**entry, "image": images[engine]}
+                elif engine in pythons:
+                    entry = {**entry, "python": pythons[engine]}
+            engines.append(entry)
+        return {**data, "engines": engines}
 
     @model_validator(mode="after")
     def _consistent(self) -> Matrix:
@@ -295,31 +327,6 @@ class Case:
         return f"{self.engine.id}-{self.workload.id}"
 
 
-def _describe_location(data: dict[str, Any], loc: tuple[int | str, ...]) -> str:
-    """Turn a pydantic location like ('engines', 1, 'max_num_seq') into 'engines[1] (id='x'), field ...'."""
-    parts: list[str] = []
-    node: Any = data
-    entry_id = None
-    for i, key in enumerate(loc):
-        if isinstance(key, int):
-            parts[-1] = f"{parts[-1]}[{key}]"
-            if isinstance(node, list) and key < len(node):
-                node = node[key]
-                if isinstance(node, dict) and "id" in node and i < len(loc) - 1:
-                    entry_id = node["id"]
-            continue
-        parts.append(str(key))
-        node = node.get(key) if isinstance(node, dict) else None
-    if not parts:
-        return "top level"
-    where = parts[0]
-    if entry_id is not None:
-        where += f" (id={entry_id!r})"
-    if len(parts) > 1:
-        where += ", field " + repr(".".join(parts[1:]))
-    return where
-
-
 def load_matrix(path: str | Path) -> Matrix:
     """Read and validate a matrix TOML file."""
     path = Path(path)
@@ -336,7 +343,9 @@ def load_matrix(path: str | Path) -> Matrix:
     except ValidationError as exc:
         lines = [f"{path}: invalid matrix ({exc.error_count()} error(s))"]
         for err in exc.errors():
-            lines.append(f"  {_describe_location(data, tuple(err['loc']))}: {err['msg']}{_near_name(err)}")
+            lines.append(
+                f"  {describe_location(data, tuple(err['loc']))}: {err['msg']}{near_name(err, Matrix, _MODELS)}"
+            )
         raise ConfigError("\n".join(lines)) from None
 
 
@@ -349,20 +358,6 @@ _MODELS: dict[str, type[BaseModel]] = {
     "unsupported": Unsupported,
     "speculative": Speculative,
 }
-
-
-def _near_name(err: Any) -> str:
-    """For an unknown field, the known field it is likely a typo of: ``max_num_seq`` -> ``max_num_seqs``."""
-    if err.get("type") != "extra_forbidden":
-        return ""
-    loc = [k for k in err["loc"] if isinstance(k, str)]
-    if not loc:
-        return ""
-    owner = Matrix if len(loc) == 1 else _MODELS.get(loc[-2])
-    if owner is None:
-        return ""
-    close = difflib.get_close_matches(loc[-1], list(owner.model_fields), n=1, cutoff=0.75)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def expand_cases(matrix: Matrix, path: Path) -> list[Case]:

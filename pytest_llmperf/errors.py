@@ -108,6 +108,12 @@ class ServerPortInUseError(ServerStartupError):
     kind = "port in use"
 
 
+class ImageMissingError(ServerStartupError):
+    """The config's container image is not on this host (nothing is pulled implicitly)."""
+
+    kind = "image not present"
+
+
 class ServerTimeoutError(ServerError):
     """The server did not become ready within its start-up timeout."""
 

@@ -243,11 +243,12 @@ class PerfGate:
             written=written,
             gate=self.state.policy.describe(),
             hardware=self.hardware(),
+            image=result.server.config.image,
         )
         self.item.user_properties.append((RESULT_PROPERTY, json.dumps(record)))
         self.item.user_properties.extend(junit_properties(decision))
         if self.state.report_dir is not None:
-            write_runs(self.state.report_dir, self.case, result.runs, result.server.version)
+            write_runs(self.state.report_dir, self.case, result.runs, result.server.version, result.server.config.image)
 
     def _outcome(self, result: PerfResult, ref: Reference, decision: Decision, update: bool) -> None:
         cid, rel, rows, verdict = self.case.id, self.rel, decision.rows, decision.verdict

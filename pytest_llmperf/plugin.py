@@ -95,6 +95,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(needs the 'history' extra)",
     )
     group.addoption(
+        "--llmperf-engine-image",
+        action="append",
+        default=[],
+        metavar="ENGINE=IMAGE",
+        help="run ENGINE's configs from this container image for this run (an upgrade candidate), e.g. "
+        "vllm=vllm/vllm-openai:nightly; repeatable",
+    )
+    group.addoption(
+        "--llmperf-engine-python",
+        action="append",
+        default=[],
+        metavar="ENGINE=PYTHON",
+        help="run ENGINE's configs with this virtual environment's Python for this run; repeatable",
+    )
+    group.addoption(
+        "--llmperf-container-runtime",
+        default=None,
+        metavar="RUNTIME",
+        help="the container runtime for configs with an image: podman or docker (default: podman if on PATH, "
+        "else docker)",
+    )
+    group.addoption(
         "--llmperf-reference",
         default="baseline",
         metavar="SOURCE",

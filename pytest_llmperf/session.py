@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from pytest_llmperf.config import Matrix, load_matrix
+from pytest_llmperf.engines.container import RUNTIMES
 from pytest_llmperf.engines.pool import RunningServer, ServerPool
 from pytest_llmperf.gate.suite import DEFAULT_CONFIRM_RUNS, DEFAULT_POLICY, SuitePolicy
 from pytest_llmperf.hardware import Gpu, detect_gpus
@@ -200,6 +201,23 @@ def history_target(target: str | None) -> str | None:
     return target
 
 
+ENGINES = ("vllm", "sglang", "trtllm", "sim")
+
+
+def _engine_map(values: list[str], option: str, example: str) -> dict[str, str]:
+    """``ENGINE=VALUE`` options into a mapping; a usage error naming the form otherwise."""
+    out: dict[str, str] = {}
+    for value in values:
+        engine, sep, target = value.partition("=")
+        if not sep or engine not in ENGINES or not target:
+            raise pytest.UsageError(
+                f"{option} {value!r}: expected ENGINE=VALUE with ENGINE one of {', '.join(ENGINES)}, "
+                f"e.g. {option} {example}"
+            )
+        out[engine] = target
+    return out
+
+
 def _usage_int(value: str, what: str) -> int:
     try:
         return int(value)
@@ -293,6 +311,15 @@ def build_session(config: pytest.Config) -> LlmperfSession:
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
         shard = f"{k}/{n}"
+    images = _engine_map(
+        config.getoption("llmperf_engine_image"), "--llmperf-engine-image", "vllm=vllm/vllm-openai:v0.13.0"
+    )
+    pythons = _engine_map(
+        config.getoption("llmperf_engine_python"), "--llmperf-engine-python", "sglang=/opt/venvs/sglang/bin/python"
+    )
+    runtime = config.getoption("llmperf_container_runtime")
+    if runtime is not None and os.path.basename(runtime) not in RUNTIMES:
+        raise pytest.UsageError(f"--llmperf-container-runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     simulate = bool(config.getoption("llmperf_simulate"))
     root = Path(config.rootpath)
     baseline_dir = Path(config.getoption("llmperf_baseline_dir") or config.getini("llmperf_baseline_dir"))
@@ -304,6 +331,7 @@ def build_session(config: pytest.Config) -> LlmperfSession:
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker:
         log_dir = log_dir / worker
+    run_uid = uuid.uuid4().hex
     return LlmperfSession(
         rootdir=root,
         baseline_dir=baseline_dir,
@@ -311,7 +339,18 @@ def build_session(config: pytest.Config) -> LlmperfSession:
         repeats=repeats,
         default_tolerance=tolerance,
         sharegpt=config.getoption("llmperf_sharegpt"),
-        pool=ServerPool(log_dir, slowdown, simulate=simulate, endpoints=endpoints, cwd=root),
+        pool=ServerPool(
+            log_dir,
+            slowdown,
+            simulate=simulate,
+            endpoints=endpoints,
+            cwd=root,
+            images=images,
+            pythons=pythons,
+            container_runtime=runtime,
+            session=run_uid,
+        ),
+        run_uid=run_uid,
         simulate=simulate,
         max_repeats=max_repeats,
         baseline_repeats=baseline_repeats,

@@ -182,6 +182,25 @@ def test_night_to_night_variation_widens_what_counts_as_a_regression() -> None:
     assert ten.p_value is not None and ten.p_value < v.p_value
 
 
+@pytest.mark.parametrize(("night_cv", "rounds"), [(0.0, 2), (0.01, 1)])
+def test_a_confirmation_still_inconclusive_buys_one_more_round_only_without_a_night_term(
+    night_cv: float, rounds: int
+) -> None:
+    calls: list[int] = []
+    reference = {"output_throughput": [100.0, 104.0, 96.0, 102.0, 98.0]}
+    samples = {"output_throughput": [93.0, 88.0, 96.0]}  # -7.7%: beyond the 6% tolerance, noisy
+
+    def confirm() -> int:
+        calls.append(1)
+        samples["output_throughput"] += [97.0, 86.0, 95.0, 90.0, 92.0]
+        return 5
+
+    policy = SuitePolicy(n_tests=34, night_cv=night_cv)
+    d = decide(reference, samples, tolerance={}, default_tolerance=0.06, policy=policy, confirm=confirm)
+    assert len(calls) == rounds and d.verdict == "INCONCLUSIVE"
+    assert f"{5 * rounds} fresh run(s) were added before deciding" in d.confirmation
+
+
 def test_past_nights_are_centred_on_the_mean_of_their_means() -> None:
     nights = [{"x": [99.0, 101.0], "y": [1.0]}, {"x": [104.0, 106.0, 105.0]}]
     assert centred_nights(nights) == {"x": [101.5, 103.5, 101.5, 103.5, 102.5]}  # y is not in every night

@@ -160,6 +160,13 @@ def test_nightly_workflow_is_valid_and_calls_only_existing_commands() -> None:
     assert "--llmperf-update-baselines" not in runs  # never refreshes baselines by itself
     assert "pytest perf_tests -m h200 --llmperf-shard" in runs and "--llmperf-report-dir" in runs
     assert "llmperf report $dirs" in runs
+    # the nightly keeps its history and publishes the dashboard
+    assert '--llmperf-history "$db"' in runs and 'llmperf history changes --db "$db"' in runs
+    assert 'llmperf history html --db "$db"' in runs
+    uploads = [s["with"]["name"] for s in wf["jobs"]["verdict"]["steps"] if "upload-artifact" in s.get("uses", "")]
+    assert "llmperf-dashboard-${{ matrix.engine }}" in uploads
+    cached = [s for s in wf["jobs"]["verdict"]["steps"] if "actions/cache" in s.get("uses", "")]
+    assert len(cached) == 2 and all("LLMPERF_HISTORY_URL == ''" in s["if"] for s in cached)
     # every llmperf sub-command and pytest option the workflow uses exists
     help_text = subprocess.run([sys.executable, "-m", "pytest", "--help"], capture_output=True, text=True).stdout
     for token in shlex.split(runs.replace("\\\n", " "), posix=True):

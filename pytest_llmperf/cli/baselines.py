@@ -266,6 +266,24 @@ def load_samples(root: Path) -> tuple[dict[str, dict[str, list[float]]], dict[st
     return samples, tolerances
 
 
+def engines_of(root: Path) -> dict[str, str]:
+    """Per case, the engine that ran it (its image and the version the server reported), from the report
+    folders' ``summary.json`` under ``root``."""
+    out: dict[str, str] = {}
+    for path in [root] if root.is_file() else sorted(root.rglob("summary.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for rec in data.get("tests", []) if isinstance(data, dict) else []:
+            version, image = rec.get("engine_version"), rec.get("image")
+            if rec.get("case") and (version or image):
+                out[str(rec["case"])] = " ".join(
+                    part for part in (image, f"(version {version})" if version else "") if part
+                )
+    return out
+
+
 def compare_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="llmperf compare",
@@ -310,6 +328,10 @@ def compare_main(argv: list[str] | None = None) -> int:
         )
     print(summary_table(records, verbose=args.verbose))
     print(f"gate: {policy.describe()}")
+    before, after = engines_of(args.old), engines_of(args.new)
+    for case in shared:  # an A/B of engine versions or images: name what ran on each side
+        if case in before or case in after:
+            print(f"engine: {case}: {before.get(case, '?')} -> {after.get(case, '?')}")
     only = sorted(set(old) ^ set(new))
     if only:
         print(f"\nonly on one side (not compared): {', '.join(only)}")

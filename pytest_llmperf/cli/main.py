@@ -12,14 +12,16 @@ USAGE = """usage: llmperf COMMAND ...
 commands:
   sim serve [OPTIONS]     run the simulated engine (OpenAI API as vLLM serves it); see `llmperf sim serve --help`
   sim tokenizer DIR       write the simulated engine's tokenizer as a Hugging Face tokenizer directory
+  sim build-image         build the simulated engine's container image locally (no registry needed)
   bench serve [OPTIONS]   benchmark a server: a drop-in for `vllm bench serve`; see `llmperf bench serve --help`
   matrix PATH             print every engine config's launch command, environment, markers and workloads
   baselines list|show|prune   inspect baseline files; remove those no test matches
   report DIR [DIR ...]    one summary, the study view and one exit code over report (or baseline) folders
   tiny-model DIR          write a tiny Llama config + locally trained tokenizer (a real vLLM on CPU, no hub)
   compare OLD NEW         compare two result or baseline sets with the gate's verdicts (exit 1 on regression)
-  history ingest|show|changes   the nightly history store: add report folders, show each test's recent
-                          nights, find change points (exit 1 on a new one in the bad direction)
+  history ingest|show|changes|plot|html   the nightly history store: add report folders, show each test's
+                          recent nights, find change points (exit 1 on a new one in the bad direction),
+                          draw them, write a static dashboard
 """
 
 
@@ -34,9 +36,14 @@ def _sim(args: list[str]) -> int:
         path = SimTokenizer().save_hf(args[1])
         print(f"wrote the simulated engine's tokenizer to {path} (tokenizer.json, tokenizer_config.json)")
         return 0
+    if args[:1] == ["build-image"]:
+        from pytest_llmperf.sim.image import main as image_main
+
+        return image_main(args[1:])
     usage = (
         "usage: llmperf sim serve [OPTIONS]    run the simulated engine (see llmperf sim serve --help)\n"
-        "       llmperf sim tokenizer DIR      write its tokenizer as a Hugging Face tokenizer directory"
+        "       llmperf sim tokenizer DIR      write its tokenizer as a Hugging Face tokenizer directory\n"
+        "       llmperf sim build-image        a container image of it, built locally (podman or docker)"
     )
     if args[:1] in (["-h"], ["--help"]):
         print(usage)

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from pytest_llmperf.config import expand_cases, find_matrices
-from pytest_llmperf.engines.launch import render_launch
+from pytest_llmperf.engines.container import RUNTIMES
+from pytest_llmperf.engines.launch import container_command, render_launch
 from pytest_llmperf.errors import ConfigError
 
 __all__ = ["main"]
@@ -17,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="llmperf matrix",
         description="Print, for every engine config, its id, engine, the exact command and environment it "
-        "launches (the launcher adds --port N when the config fixes no port), its markers, its workloads "
+        "launches (the launcher adds --port N when the config fixes no port), with an image its container "
+        "command for Podman and Docker (SESSION and OWNER are the session's), its markers, its workloads "
         "and any declared unsupported reason.",
     )
     ap.add_argument("path", type=Path, help="a matrix file or a folder of them")
@@ -45,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
                 print("  env:       " + " ".join(f"{k}={v}" for k, v in sorted(spec.env.items())))
             print(f"  markers:   {', '.join(markers) or '-'}")
             print(f"  workloads: {', '.join(workloads)}")
+            if cfg.image:
+                print(f"  image:     {cfg.image}")
+                for kind in RUNTIMES:
+                    print(f"  {kind + ':':<10} {container_command(cfg, kind)}")
+            if cfg.python:
+                print(f"  python:    {cfg.python}")
             if cfg.knob:
                 print(f"  varies:    {cfg.knob} (from {cfg.derives_from or '-'})")
             if cfg.unsupported is not None:

@@ -16,15 +16,36 @@ the simulated engine (:func:`simulate_launch`).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pytest_llmperf.config import EngineConfig
+from pytest_llmperf.engines.container import (
+    CONFIG_LABEL,
+    OWNER_LABEL,
+    SESSION_LABEL,
+    Container,
+    container_argv,
+    container_name,
+    env_names,
+    mounts_for,
+)
 from pytest_llmperf.redact import redact_argv, redact_env
 
-__all__ = ["LaunchSpec", "canonical_command", "parse_version", "render_launch", "simulate_launch"]
+__all__ = [
+    "LaunchSpec",
+    "canonical_command",
+    "container_command",
+    "container_for",
+    "containerize",
+    "parse_version",
+    "render_launch",
+    "simulate_launch",
+]
 
 ENGINE_PREFIX: dict[str, tuple[str, ...]] = {
     "vllm": ("vllm", "serve"),
@@ -36,8 +57,9 @@ ENGINE_PREFIX: dict[str, tuple[str, ...]] = {
 @dataclass(frozen=True)
 class LaunchSpec:
     config_id: str
-    argv: tuple[str, ...]
+    argv: tuple[str, ...]  # what is executed: the engine's command, or the container runtime's around it
     env: dict[str, str] = field(default_factory=dict)
+    container: Container | None = None  # the engine runs in this container (argv is the runtime's ``run``)
 
     def shell(self) -> str:
         """The command as a user would type it, environment first; secrets (``HF_TOKEN``, ``--api-key``,
@@ -119,6 +141,12 @@ def _flags(obj: object, table: tuple[tuple[str, str], ...]) -> list[str]:
 def _prefix(cfg: EngineConfig, python: str) -> list[str]:
     if cfg.launcher is not None:
         return [python if word == "{python}" else word for word in cfg.launcher]
+    if cfg.python is not None and python == cfg.python:  # the engine's own virtual environment: its scripts
+        bin_dir = os.path.dirname(cfg.python)
+        return [
+            cfg.python if word == "python3" else os.path.join(bin_dir, word) if i == 0 else word
+            for i, word in enumerate(ENGINE_PREFIX[cfg.engine])
+        ]
     return list(ENGINE_PREFIX[cfg.engine])
 
 
@@ -201,13 +229,15 @@ def render_launch(
     port: int | None = None,
     host: str | None = None,
     sim_slowdown: float = 1.0,
-    python: str = sys.executable,
+    python: str | None = None,
 ) -> LaunchSpec:
     """The exact command and environment for ``cfg``.
 
     ``port``/``host`` are added when given (or when the config fixes them); without them the
-    command is the one a user types by hand.
+    command is the one a user types by hand. The interpreter is ``python``, else the config's own
+    (``python = ...``), else ``python3`` inside a container image, else this one.
     """
+    python = python or cfg.python or ("python3" if cfg.image else sys.executable)
     env: dict[str, str] = {}
     argv = _sim(cfg, python, sim_slowdown) if cfg.engine == "sim" else _engine(cfg, env, python)
     listen_host = host or cfg.host
@@ -224,7 +254,7 @@ def render_launch(
 
 
 def simulate_launch(
-    cfg: EngineConfig, *, port: int, sim_slowdown: float = 1.0, python: str = sys.executable
+    cfg: EngineConfig, *, port: int, sim_slowdown: float = 1.0, python: str | None = None
 ) -> LaunchSpec:
     """Run ``cfg``'s engine command line on the simulated engine (``--llmperf-simulate``).
 
@@ -232,9 +262,10 @@ def simulate_launch(
     H200-shaped profile of that engine family. A config declared unsupported fails at start-up
     with the engine's published error text, so the strict expected-failure path runs as on GPUs.
     """
+    python = python or sys.executable  # the simulation runs here, whatever environment the engine has
     if cfg.engine == "sim":
         return render_launch(cfg, port=port, host="127.0.0.1", sim_slowdown=sim_slowdown, python=python)
-    real = render_launch(cfg, port=None)
+    real = render_launch(cfg, port=None, python="python3")
     args = list(real.argv[len(ENGINE_PREFIX[cfg.engine]) :])
     argv = [
         python,
@@ -264,3 +295,55 @@ def canonical_command(cfg: EngineConfig, *, sim_slowdown: float = 1.0) -> str:
     """The command recorded with results: as a user types it (no port chosen at launch), ``python``
     for the interpreter of the simulated engine, at the session's simulated slowdown."""
     return render_launch(cfg, python="python", sim_slowdown=sim_slowdown).shell()
+
+
+def containerize(spec: LaunchSpec, container: Container) -> LaunchSpec:
+    """``spec``'s command run inside ``container``: the runtime's command line around it; the environment
+    stays the client's (passed in by name), without ``CUDA_VISIBLE_DEVICES`` (the runtime maps the devices)."""
+    env = {k: v for k, v in spec.env.items() if k != "CUDA_VISIBLE_DEVICES"}
+    return LaunchSpec(spec.config_id, tuple(container_argv(container, spec.argv)), env, container)
+
+
+ENTRYPOINT_IMAGES = ("vllm",)  # engines whose release image's entrypoint is the engine command itself
+
+
+def container_for(
+    cfg: EngineConfig,
+    spec: LaunchSpec,
+    *,
+    runtime: str,
+    session: str,
+    owner: str,
+    cwd: str | None = None,
+) -> Container:
+    """The container ``cfg`` (which has an image) runs in, for ``spec`` (its GPU slice in
+    ``CUDA_VISIBLE_DEVICES`` when the pool assigned one)."""
+    assert cfg.image is not None
+    visible = spec.env.get("CUDA_VISIBLE_DEVICES")
+    gpus: tuple[int, ...] | None = None
+    if visible:
+        gpus = tuple(int(i) for i in visible.split(",") if i.strip().isdigit())
+    elif cfg.engine != "sim" and cfg.gpus_needed > 0:
+        gpus = ()  # all the host's GPUs: no slice was assigned
+    local = mounts_for(cfg.model, None if cwd is None else Path(cwd), real_engine=cfg.engine != "sim")
+    return Container(
+        runtime=runtime,
+        image=cfg.image,
+        name=container_name(cfg.id, session),
+        labels={SESSION_LABEL: session, CONFIG_LABEL: cfg.id, OWNER_LABEL: owner},
+        gpus=gpus,
+        mounts=local,
+        env_names=env_names(spec.env),
+        workdir=cwd,
+        reset_entrypoint=cfg.engine in ENTRYPOINT_IMAGES,
+    )
+
+
+def container_command(cfg: EngineConfig, kind: str, *, gpus: str | None = None) -> str:
+    """``cfg``'s container command line as ``kind`` (podman or docker) runs it, with placeholders for the
+    session's values (SESSION, OWNER, the suite's ROOTDIR) and its GPU slice (``gpus``: ``"4,5,6,7"``; None: all)."""
+    spec = render_launch(cfg, python="python3")
+    if gpus is not None:
+        spec = LaunchSpec(spec.config_id, spec.argv, {**spec.env, "CUDA_VISIBLE_DEVICES": gpus})
+    container = container_for(cfg, spec, runtime=kind, session="SESSION", owner="OWNER", cwd="ROOTDIR")
+    return containerize(spec, container).shell()

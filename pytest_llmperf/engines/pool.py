@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from pytest_llmperf.config import EngineConfig
-from pytest_llmperf.engines.launch import LaunchSpec, render_launch, simulate_launch
+from pytest_llmperf.engines.container import find_runtime, owner_label
+from pytest_llmperf.engines.launch import LaunchSpec, container_for, containerize, render_launch, simulate_launch
 from pytest_llmperf.engines.process import ServerProcess, free_port
 from pytest_llmperf.errors import ServerError, ServerPortInUseError, ServerStartupError, ServerTimeoutError
 from pytest_llmperf.hardware import Gpu, gpu_memory_used_mib, gpu_slice
@@ -73,7 +75,15 @@ class ServerPool:
         endpoints: dict[str, str] | None = None,
         gpus: list[Gpu] | None = None,
         cwd: Path | None = None,
+        images: dict[str, str] | None = None,
+        pythons: dict[str, str] | None = None,
+        container_runtime: str | None = None,
+        session: str = "",
     ) -> None:
+        self.images = images or {}  # --llmperf-engine-image: an engine's image for this run (upgrade candidates)
+        self.pythons = pythons or {}  # --llmperf-engine-python
+        self.container_runtime = container_runtime  # --llmperf-container-runtime (default: podman, else docker)
+        self.session = session or uuid.uuid4().hex
         self.log_dir = log_dir
         self.cwd = cwd
         self.sim_slowdown = sim_slowdown
@@ -87,7 +97,16 @@ class ServerPool:
         self.log_paths: set[Path] = set()
         self.secrets: set[str] = set()  # the launches' secret values: masked in the logs' copies
 
+    def effective(self, cfg: EngineConfig) -> EngineConfig:
+        """``cfg`` with this run's engine environment overrides (--llmperf-engine-image / -python)."""
+        if cfg.engine in self.images:
+            return cfg.model_copy(update={"image": self.images[cfg.engine], "python": None})
+        if cfg.engine in self.pythons:
+            return cfg.model_copy(update={"python": self.pythons[cfg.engine], "image": None})
+        return cfg
+
     def acquire(self, cfg: EngineConfig) -> RunningServer:
+        cfg = self.effective(cfg)
         if cfg.id in self._failed:
             raise self._failed[cfg.id]
         entry = self._servers.get(cfg.id)
@@ -173,6 +192,18 @@ class ServerPool:
                 spec = LaunchSpec(
                     spec.config_id, spec.argv, {**spec.env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, indices))}
                 )
+        if cfg.image is not None:
+            runtime = find_runtime(self.container_runtime)
+            if runtime is None:
+                wanted = self.container_runtime or "podman or docker"
+                raise ServerStartupError(
+                    f"[{cfg.id}] runs in the image {cfg.image}, but no container runtime ({wanted}) is on PATH: "
+                    "install Podman or Docker, or name one with --llmperf-container-runtime",
+                    config_id=cfg.id,
+                )
+            cwd = str(self.cwd) if self.cwd is not None else None
+            container = container_for(cfg, spec, runtime=runtime, session=self.session, owner=owner_label(), cwd=cwd)
+            spec = containerize(spec, container)
         return spec
 
     def _launch(self, cfg: EngineConfig) -> RunningServer:

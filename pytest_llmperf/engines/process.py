@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,9 +21,18 @@ from urllib.parse import urlsplit
 import httpx
 
 from pytest_llmperf.engines.classify import classify, read_log
+from pytest_llmperf.engines.container import descendants, image_present, main_pid, remove_dead_sessions
+from pytest_llmperf.engines.container import stop as container_stop
 from pytest_llmperf.engines.launch import LaunchSpec
 from pytest_llmperf.engines.ports import describe_holder, port_owner, port_taken
-from pytest_llmperf.errors import ServerError, ServerPortInUseError, ServerStartupError, ServerTimeoutError
+from pytest_llmperf.engines.watchdog import Watchdog, start_watchdog
+from pytest_llmperf.errors import (
+    ImageMissingError,
+    ServerError,
+    ServerPortInUseError,
+    ServerStartupError,
+    ServerTimeoutError,
+)
 from pytest_llmperf.hardware import wait_for_gpu_memory
 
 __all__ = ["ServerProcess", "free_port", "group_members", "stop_all_servers"]
@@ -39,32 +47,15 @@ WARMUP_TIMEOUT_S = 60.0
 READY_ERROR_REPEATS = 5  # the same HTTP 5xx answer this many times in a row ends the start-up wait
 WATCHDOG_GRACE_S = 3.0
 
-# The watchdog: a tiny process in its own session that holds the read end of a pipe whose write end only
-# pytest holds. When pytest dies, even by SIGKILL, the pipe reads EOF and the watchdog kills the server's
-# whole process group (the parent-death signal reaches only the direct child). b"x" disarms it.
-_WATCHDOG = """
-import os, signal, sys, time
-pgid, grace = int(sys.argv[1]), float(sys.argv[2])
-while True:
-    try:
-        data = os.read(0, 1)
-        break
-    except InterruptedError:
-        continue
-if data != b"x":
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except OSError:
-            break
-        end = time.monotonic() + wait
-        while time.monotonic() < end:
-            try:
-                os.killpg(pgid, 0)
-            except OSError:
-                sys.exit(0)
-            time.sleep(0.05)
-"""
+
+_CLEANED: set[str] = set()
+
+
+def remove_dead_sessions_once(runtime: str) -> None:
+    """At a session's first container: remove the containers that dead sessions left (SIGKILL, a lost node)."""
+    if runtime not in _CLEANED:
+        _CLEANED.add(runtime)
+        remove_dead_sessions(runtime)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -143,8 +134,7 @@ class ServerProcess:
         url = urlsplit(base_url)
         self.host = url.hostname or "127.0.0.1"
         self.port = url.port or (443 if url.scheme == "https" else 80)
-        self._watchdog: subprocess.Popen[bytes] | None = None
-        self._watchdog_fd: int | None = None
+        self._watchdog: Watchdog | None = None
         self._last_answer = ""  # the last HTTP answer seen while waiting for readiness
         self._repeats = 0
 
@@ -178,6 +168,15 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if port_taken(self.host, self.port):
             raise self._port_in_use("is already in use before launch")
+        container = self.spec.container
+        if container is not None:
+            remove_dead_sessions_once(container.runtime)
+            if not image_present(container.runtime, container.image):
+                raise ImageMissingError(
+                    f"[{self.config_id}] image {container.image} is not present on this host ({container.kind}); "
+                    f"nothing is pulled implicitly. Pull it first: {container.kind} pull {container.image}",
+                    config_id=self.config_id,
+                )
         env = dict(os.environ if self.env is None else self.env)
         env.update(self.spec.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -221,32 +220,14 @@ class ServerProcess:
 
     def _start_watchdog(self) -> None:
         assert self.pgid is not None
-        read_fd, write_fd = os.pipe()
-        try:
-            self._watchdog = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(self.pgid), str(WATCHDOG_GRACE_S)],
-                stdin=read_fd,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,  # not in the terminal's foreground group: Ctrl-C leaves it to us
-            )
-        except OSError:
-            os.close(write_fd)
-        else:
-            self._watchdog_fd = write_fd
-        finally:
-            os.close(read_fd)
+        c = self.spec.container
+        cleanup = [c.runtime, "rm", "-f", c.name] if c is not None else []
+        self._watchdog = start_watchdog(self.pgid, WATCHDOG_GRACE_S, cleanup)
 
     def _stop_watchdog(self) -> None:
-        fd, self._watchdog_fd = self._watchdog_fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.write(fd, b"x")
-            os.close(fd)
-        if self._watchdog is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._watchdog.wait(timeout=5.0)
-            self._watchdog = None
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.disarm()
 
     def _warm_up(self, requests: int = WARMUP_REQUESTS) -> None:
         """A few short generations after readiness (first-request compilation, caches); results discarded."""
@@ -295,6 +276,10 @@ class ServerProcess:
         or ``unknown`` where /proc cannot tell."""
         if self.pgid is None:
             return "none"
+        c = self.spec.container
+        if c is not None:  # the engine runs under the runtime's monitor, not in the client's process group
+            pid = main_pid(c.runtime, c.name)
+            return port_owner(self.port, descendants(pid)) if pid is not None else "none"
         return port_owner(self.port, group_members(self.pgid))
 
     def _can_generate(self, client: httpx.Client) -> bool:
@@ -339,6 +324,8 @@ class ServerProcess:
         proc, pgid = self.proc, self.pgid
         if proc is None or pgid is None:
             return
+        if self.spec.container is not None:  # the container first, with its grace; then the client
+            container_stop(self.spec.container.runtime, self.spec.container.name, TERM_GRACE_S)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGTERM)
         deadline = time.monotonic() + TERM_GRACE_S

@@ -71,9 +71,12 @@ def session_summary(
 ) -> dict[str, Any]:
     """What ``summary.json`` holds, and what the history store ingests: one session's every verdict."""
     engines: dict[str, str | None] = {}
+    images: dict[str, str] = {}
     for rec in records:
         if rec.get("config"):
             engines[rec["config"]] = rec.get("engine_version")
+            if rec.get("image"):
+                images[rec["config"]] = rec["image"]
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "run_uid": run_uid,  # one pytest session (one shard): ingesting it twice adds nothing
@@ -83,6 +86,7 @@ def session_summary(
         "suite_commit": suite_commit,
         "environment": _environment(gpus),
         "engine_versions": engines,
+        "engine_images": images,  # configs run from a container image
         "tests": list(records),
     }
 

@@ -44,6 +44,7 @@ def result_record(
     written: bool,
     gate: str = "",
     hardware: dict[str, Any] | None = None,
+    image: str | None = None,
 ) -> dict[str, Any]:
     """The JSON record of one test: what the terminal summary, ``summary.json`` and ``llmperf report`` show."""
     engine = case.engine
@@ -53,6 +54,7 @@ def result_record(
         "config": engine.id,
         "engine": engine.engine,
         "engine_version": version,
+        "image": image,  # the container image the engine ran from (None: a process on this host)
         "workload": case.workload.id,
         "knob": engine.knob,
         "derives_from": engine.derives_from,
@@ -95,7 +97,9 @@ def calibration_record(nodeid: str, case_id: str, samples: dict[str, list[float]
     return {"nodeid": nodeid, "case": case_id, "runs": runs, "cv": cvs}
 
 
-def write_runs(report_dir: Path, case: Case, runs: list[BenchmarkResult], version: str | None) -> None:
+def write_runs(
+    report_dir: Path, case: Case, runs: list[BenchmarkResult], version: str | None, image: str | None = None
+) -> None:
     """``results/<case>/run-<i>.json`` in the format of ``vllm bench serve --save-result``."""
     engine = case.engine
     for i, run in enumerate(runs, 1):
@@ -104,7 +108,12 @@ def write_runs(report_dir: Path, case: Case, runs: list[BenchmarkResult], versio
             model_id=engine.model,
             tokenizer_id=engine.tokenizer or "server /tokenize",
             label=case.id,
-            metadata={"config": engine.id, "workload": case.workload.id, "engine_version": str(version)},
+            metadata={
+                "config": engine.id,
+                "workload": case.workload.id,
+                "engine_version": str(version),
+                **({"image": image} if image else {}),
+            },
             detailed=False,
         )
         write_run(report_dir, case.id, i, data)
