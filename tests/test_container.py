@@ -64,6 +64,21 @@ def test_study_container_commands_are_golden(monkeypatch: pytest.MonkeyPatch) ->
     assert "nvcr.io/nvidia/tensorrt-llm/release:1.2.0rc5 trtllm-serve" in text
 
 
+def test_llmperf_matrix_prints_each_configs_container_commands() -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "pytest_llmperf.cli", "matrix", "perf_tests/study"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    podman = [line for line in lines if line.startswith("  podman:")]
+    docker = [line for line in lines if line.startswith("  docker:")]
+    assert len(podman) == len(docker) == 24
+    assert "image:     lmsysorg/sglang:v0.5.6.post2" in shown.stdout
+
+
 def test_environment_goes_in_by_name_and_a_token_never_on_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
     from pytest_llmperf.config import EngineConfig
 
@@ -151,6 +166,7 @@ def test_a_suite_runs_from_an_image_records_it_and_compare_names_the_override(
     candidate = pytester.runpytest(*args, "--llmperf-engine-image", f"sim={image}", "--llmperf-report-dir", "cand")
     candidate.assert_outcomes(passed=1)
     records = [json.loads((pytester.path / d / "summary.json").read_text())["tests"][0] for d in ("pinned", "cand")]
+    assert f"image `{image}`" in (pytester.path / "cand" / "summary.md").read_text()
     assert [r["image"] for r in records] == ["localhost/llmperf-sim:local", image]
     assert all(r["engine_version"] for r in records)
     log = (pytester.path / ".llmperf" / "logs" / "in-image.log").read_text()
@@ -219,7 +235,9 @@ def test_a_signal_to_pytest_leaves_no_container(
     assert gone, f"left: {_containers(runtime, f'llmperf.config={cid}')}\n{out.decode()[-2000:]}"
 
 
-def test_the_containers_of_a_dead_session_are_removed_by_the_next(runtime: str, image: str) -> None:
+def test_the_containers_of_a_dead_session_are_removed_by_the_next(
+    pytester: pytest.Pytester, runtime: str, image: str
+) -> None:
     name = f"llmperf-dead-{os.getpid()}"
     started = subprocess.run(
         [
@@ -243,5 +261,15 @@ def test_the_containers_of_a_dead_session_are_removed_by_the_next(runtime: str, 
     )
     assert started.returncode == 0, started.stderr
     assert name in _containers(runtime, "llmperf.session=deadbeef")
-    assert name in remove_dead_sessions(runtime)  # what a session does before its first container
+    assert remove_dead_sessions(runtime) in ([name], [])  # the labels' owner is gone; [] if a run was faster
+    started = subprocess.run(
+        [runtime, "run", "-d", "--name", name, "--label", "llmperf.session=deadbeef", "--label",
+         f"llmperf.owner={os.uname().nodename}:999999999:1", image, "python3", "-c", "import time; time.sleep(600)"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    # the next session removes it before its first container starts
+    pytester.makefile(".toml", matrix=_matrix(image, "next-session", prompts=2))
+    pytester.makepyfile(test_perf=PERF_TEST)
+    pytester.runpytest("--llmperf-repeats", "1", "--llmperf-update-baselines").assert_outcomes(passed=1)
     assert _containers(runtime, "llmperf.session=deadbeef") == []

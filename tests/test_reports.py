@@ -176,7 +176,18 @@ def test_nightly_workflow_is_valid_and_calls_only_existing_commands() -> None:
         [sys.executable, "-m", "pytest_llmperf.cli", "--help"], capture_output=True, text=True
     ).stdout
     assert "report DIR" in llmperf_help
-    assert (ROOT / "perf_tests/study/engines-pinned.txt").exists()
+    # the engines come from release images: the pinned list, one engine's image replaced by the candidate's
+    assert "--llmperf-engine-image" in runs and "podman pull" in runs and "pip install vllm" not in runs
+    pinned = [
+        line
+        for line in (ROOT / "perf_tests/study/engines-pinned.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert sorted(line.split("=")[0] for line in pinned) == ["sglang", "trtllm", "vllm"]
+    from pytest_llmperf.config import load_matrix
+
+    images = load_matrix(ROOT / "perf_tests/study/deepseek_v32_h200.toml").defaults.images
+    assert {f"{k}={v}" for k, v in images.items()} == set(pinned)  # the list and the matrix agree
     doc = (ROOT / "docs/nightly-ci.md").read_text()
     for step in ("--llmperf-update-baselines", "llmperf compare", "llmperf report", "summary.md"):
         assert step in doc

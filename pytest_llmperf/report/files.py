@@ -46,7 +46,20 @@ def markdown_summary(records: Sequence[dict[str, Any]], *, title: str = "pytest-
     head = ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: ORDER.get(kv[0], 9)))
     lines = [f"## {title}", "", f"{len(records)} test(s): {head or 'none'}", ""]
     lines += table(list(verdict_rows(records)), markdown=True)
+    engines = {
+        rec["config"]: (rec.get("engine_version"), rec.get("image"))
+        for rec in records
+        if rec.get("config") and (rec.get("engine_version") or rec.get("image"))
+    }
+    if engines:  # what ran: an A/B of two releases names them
+        lines += ["", "Engines: " + "; ".join(_engine_text(c, v, i) for c, (v, i) in sorted(engines.items()))]
     return "\n".join(lines) + "\n"
+
+
+def _engine_text(config: str, version: str | None, image: str | None) -> str:
+    return f"`{config}` " + ", ".join(
+        p for p in (f"version {version}" if version else "", f"image `{image}`" if image else "") if p
+    )
 
 
 def _environment(gpus: Any) -> dict[str, Any]:
