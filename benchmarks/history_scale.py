@@ -70,7 +70,7 @@ def main() -> int:
         times = []
         for _ in range(args.queries):
             t0 = time.perf_counter()
-            trend = store.runs_of(case_like="config07-sharegpt", since=since)
+            trend = store.runs_of(case_id="config07-sharegpt", since=since)
             times.append(time.perf_counter() - t0)
         store.close()
     print(

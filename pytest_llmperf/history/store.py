@@ -179,9 +179,11 @@ class HistoryStore:
             result = conn.execute(_insert_ignore(self.engine, self.runs, values).returning(self.runs.c.id))
             return len(result.fetchall())
 
-    def runs_of(self, *, case_like: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
-        """Run rows with their session's suite commit, oldest first: of the cases whose id contains ``case_like``,
-        started at or after ``since``."""
+    def runs_of(
+        self, *, case_like: str | None = None, case_id: str | None = None, since: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Run rows with their session's suite commit, oldest first: of the cases whose id contains ``case_like``
+        (or is ``case_id``), started at or after ``since``."""
         query = (
             sa.select(self.runs, self.sessions.c.suite_commit)
             .join(self.sessions, self.sessions.c.uid == self.runs.c.session_uid)
@@ -189,6 +191,8 @@ class HistoryStore:
         )
         if case_like:
             query = query.where(self.runs.c.case_id.contains(case_like))
+        if case_id is not None:  # one test's trend: the (case_id, started) index answers it
+            query = query.where(self.runs.c.case_id == case_id)
         if since:
             query = query.where(self.runs.c.started >= since)
         with self.engine.connect() as conn:
