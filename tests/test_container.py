@@ -103,6 +103,40 @@ def test_a_config_names_image_or_python_not_both() -> None:
     assert render_launch(vllm).argv[:2] == ("/venvs/vllm/bin/vllm", "serve")
 
 
+@pytest.mark.parametrize(
+    ("kind", "flags"),
+    [
+        (
+            "podman",
+            "--device nvidia.com/gpu=4 --device nvidia.com/gpu=5 --device nvidia.com/gpu=6 --device nvidia.com/gpu=7",
+        ),
+        ("docker", "--gpus '\"device=4,5,6,7\"'"),
+    ],
+)
+def test_the_pool_gives_a_container_its_workers_gpu_slice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, flags: str
+) -> None:
+    """Under xdist (worker gw1 of 2, TP4 configs on an 8-GPU node) the container gets GPUs 4-7 as devices;
+    the runtime is a stand-in executable (nothing is run: an 8xH200 node is not here)."""
+    from pytest_llmperf.config import EngineConfig
+    from pytest_llmperf.engines.pool import ServerPool
+    from pytest_llmperf.hardware import Gpu
+
+    fake = tmp_path / kind
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    gpus = [Gpu(i, "NVIDIA H200", 143771, 0, "570.86.15") for i in range(8)]
+    pool = ServerPool(tmp_path, gpus=gpus, images={"vllm": "vllm/vllm-openai:v0.14.0"}, container_runtime=str(fake))
+    cfg = pool.effective(EngineConfig(id="v", engine="vllm", model="m", tensor_parallel_size=4))
+    spec = pool._spec(cfg, 8123)
+    line = spec.shell()
+    assert f"{fake} run --rm --name llmperf-v-" in line and flags in line
+    assert "CUDA_VISIBLE_DEVICES" not in line and spec.container is not None
+    assert line.endswith("vllm/vllm-openai:v0.14.0 vllm serve m -tp 4 --port 8123")
+
+
 # --- with a real container runtime -------------------------------------------------------------------------
 
 
