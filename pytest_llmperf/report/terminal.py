@@ -46,7 +46,13 @@ class ResultCollector:
         self.skips: dict[str, int] = {}  # reason -> perf tests skipped for it
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.skipped and any(name == PERF_TEST_PROPERTY for name, _ in report.user_properties):
+        # an expected failure reports as skipped too (with its traceback): it is not a skip, it has its own line
+        expected_failure = hasattr(report, "wasxfail")
+        if (
+            report.skipped
+            and not expected_failure
+            and any(name == PERF_TEST_PROPERTY for name, _ in report.user_properties)
+        ):
             longrepr = report.longrepr
             reason = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr).removeprefix("Skipped: ")
             self.skips[reason] = self.skips.get(reason, 0) + 1
