@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pytest_llmperf.engines.procfs import live_processes
+
 __all__ = [
     "RUNTIMES",
     "Container",
@@ -179,17 +181,8 @@ def main_pid(runtime: str, name: str) -> int | None:
 def descendants(root: int) -> list[int]:
     """``root`` and every process below it, from /proc (the container's processes, seen from the host)."""
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1 and fields[0] != b"Z":
-            children.setdefault(int(fields[1]), []).append(int(entry))
+    for proc in live_processes():
+        children.setdefault(proc.ppid, []).append(proc.pid)
     out, todo = [], [root]
     while todo:
         pid = todo.pop()

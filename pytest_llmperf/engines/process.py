@@ -25,6 +25,7 @@ from pytest_llmperf.engines.container import descendants, image_present, main_pi
 from pytest_llmperf.engines.container import stop as container_stop
 from pytest_llmperf.engines.launch import LaunchSpec
 from pytest_llmperf.engines.ports import describe_holder, port_owner, port_taken
+from pytest_llmperf.engines.procfs import live_processes
 from pytest_llmperf.engines.watchdog import Watchdog, start_watchdog
 from pytest_llmperf.errors import (
     ImageMissingError,
@@ -66,19 +67,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def group_members(pgid: int) -> list[int]:
     """PIDs of live (non-zombie) processes in process group ``pgid``, read from /proc."""
-    members: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
-            members.append(int(entry))
-    return members
+    return [proc.pid for proc in live_processes() if proc.pgid == pgid]
 
 
 def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
