@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+import typing
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmperf.config import Matrix, load_matrix
+from pytest_llmperf.config import EngineName, Matrix, load_matrix
 from pytest_llmperf.engines.container import RUNTIMES
 from pytest_llmperf.engines.pool import RunningServer, ServerPool
 from pytest_llmperf.gate.suite import DEFAULT_CONFIRM_RUNS, DEFAULT_POLICY, SuitePolicy
@@ -201,7 +202,7 @@ def history_target(target: str | None) -> str | None:
     return target
 
 
-ENGINES = ("vllm", "sglang", "trtllm", "sim")
+ENGINES: tuple[str, ...] = typing.get_args(EngineName)
 
 
 def _engine_map(values: list[str], option: str, example: str) -> dict[str, str]:

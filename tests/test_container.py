@@ -307,3 +307,15 @@ def test_the_containers_of_a_dead_session_are_removed_by_the_next(
     pytester.makepyfile(test_perf=PERF_TEST)
     pytester.runpytest("--llmperf-repeats", "1", "--llmperf-update-baselines").assert_outcomes(passed=1)
     assert _containers(runtime, "llmperf.session=deadbeef") == []
+
+
+def test_bad_engine_environment_options_are_usage_errors_naming_the_form(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_perf=PERF_TEST)
+    no_value = pytester.runpytest("--llmperf-engine-image", "vllm")
+    assert no_value.ret == pytest.ExitCode.USAGE_ERROR
+    no_value.stderr.fnmatch_lines(
+        ["*--llmperf-engine-image 'vllm': expected ENGINE=VALUE with ENGINE one of sim, vllm, sglang, trtllm*"]
+    )
+    runtime = pytester.runpytest("--llmperf-container-runtime", "lxc")
+    assert runtime.ret == pytest.ExitCode.USAGE_ERROR
+    runtime.stderr.fnmatch_lines(["*--llmperf-container-runtime 'lxc': expected one of podman, docker*"])
