@@ -65,7 +65,6 @@ class LlmperfSession:
     run_uid: str = field(default_factory=lambda: uuid.uuid4().hex)  # this session in summary.json and history
     history: str | None = None  # --llmperf-history: the store this session's runs are recorded in
     reference_nights: int | None = None  # --llmperf-reference history:K (None: the baseline files)
-    night_cv_given: bool = False  # --llmperf-night-cv or ini llmperf_night_cv set: history does not estimate it
     _store: Any = None
     run_id: str = field(default_factory=lambda: f"{os.getpid()}-{time.time_ns()}")
 
@@ -116,7 +115,7 @@ class LlmperfSession:
     def night_cv_from_history(self) -> None:
         """--llmperf-reference history: the night-to-night CV measured over the store's accepted nights,
         unless it was given."""
-        if self.reference_nights is None or self.night_cv_given:
+        if self.reference_nights is None or self.policy.night_cv or self.policy.night_from:  # given, or done
             return
         from pytest_llmperf.history.reference import suite_night_cv
 
@@ -359,7 +358,6 @@ def build_session(config: pytest.Config) -> LlmperfSession:
         policy=policy,
         history=history_target(config.getoption("llmperf_history")),
         reference_nights=reference_nights,
-        night_cv_given=bool(policy.night_cv),
         calibrate=bool(config.getoption("llmperf_calibrate")),
         shard=shard,
         other_hardware=config.getoption("llmperf_on_other_hardware"),

@@ -135,19 +135,13 @@ def plot(view: StudyView, entries: list[Entry], out_dir: Path) -> list[Path]:
 
 def _record_history(target: str, folders: list[Path]) -> tuple[str, str]:
     """(what was recorded, the problem when the store could not be written)."""
-    from pytest_llmperf.history.ingest import ingest_dir
-    from pytest_llmperf.history.store import HistoryError, HistoryStore
+    from pytest_llmperf.history.ingest import read_summary, record
+    from pytest_llmperf.history.store import HistoryError
     from pytest_llmperf.redact import redact_text
 
     shown = redact_text(target)
-    added = 0
     try:
-        store = HistoryStore(target)
-        try:
-            for folder in folders:
-                added += ingest_dir(store, folder)
-        finally:
-            store.close()
+        added = record(target, [read_summary(folder) for folder in folders])
     except HistoryError as exc:
         return "not recorded", f"history store {shown}: {redact_text(str(exc))}"
     return f"{added} run(s) of {len(folders)} report folder(s) recorded in {shown}", ""

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -235,7 +234,3 @@ def _ps_entries(text: str) -> list[dict[str, object]]:
         return list(data) if isinstance(data, list) else [data]
     except ValueError:
         return [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
-
-
-def shown(argv: Sequence[str]) -> str:
-    return shlex.join(argv)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.history.store import HistoryError, HistoryStore, RunRow, hardware_text
 
-__all__ = ["ingest_dir", "ingest_summary", "summary_rows"]
+__all__ = ["ingest_dir", "ingest_summary", "read_summary", "record", "summary_rows"]
 
 
 def summary_rows(summary: Mapping[str, Any]) -> tuple[dict[str, Any], list[RunRow]]:
@@ -61,13 +61,27 @@ def ingest_summary(store: HistoryStore, summary: Mapping[str, Any]) -> int:
     return store.add(session, rows)
 
 
-def ingest_dir(store: HistoryStore, folder: Path) -> int:
-    """Ingest one report folder (its ``summary.json``); returns the runs added (0 when it was there)."""
+def read_summary(folder: Path) -> dict[str, Any]:
+    """The ``summary.json`` of one report folder (a --llmperf-report-dir of a finished run)."""
     path = folder / "summary.json"
     try:
-        summary = json.loads(path.read_text())
+        return dict(json.loads(path.read_text()))
     except FileNotFoundError:
         raise HistoryError(f"{folder}: no summary.json (a --llmperf-report-dir of a finished run)") from None
     except ValueError as exc:
         raise HistoryError(f"{path}: not valid JSON ({exc})") from None
-    return ingest_summary(store, summary)
+
+
+def ingest_dir(store: HistoryStore, folder: Path) -> int:
+    """Ingest one report folder (its ``summary.json``); returns the runs added (0 when it was there)."""
+    return ingest_summary(store, read_summary(folder))
+
+
+def record(target: str, summaries: Iterable[Mapping[str, Any]]) -> int:
+    """Open the store at ``target``, ingest ``summaries``, close it; the runs added. HistoryError when the
+    store cannot be opened or written."""
+    store = HistoryStore(target)
+    try:
+        return sum(ingest_summary(store, summary) for summary in summaries)
+    finally:
+        store.close()

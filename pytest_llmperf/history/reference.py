@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from pytest_llmperf.gate.decision import DEFAULT_GATED
 from pytest_llmperf.gate.suite import centred_nights, night_cv_estimate
+from pytest_llmperf.history.series import run_values
 
 if TYPE_CHECKING:  # the store imports SQLAlchemy: not when the plugin loads
     from pytest_llmperf.history.store import HistoryStore
@@ -56,7 +57,7 @@ def history_reference(
     nights = found.get((case_id, engine_version, hardware), [])
     if len(nights) < MIN_NIGHTS:
         return None, len(nights)
-    samples = [_night_samples(night) for night in nights]
+    samples = [run_values(night) for night in nights]
     ref = HistoryReference(centred_nights(samples), len(nights), nights[0][0]["started"], nights[-1][0]["started"])
     return ref, len(nights)
 
@@ -66,7 +67,7 @@ def suite_night_cv(store: HistoryStore, *, k: int, metrics: Sequence[str] = DEFA
     its gated metrics; with its degrees of freedom (0: not enough history to say)."""
     series = []
     for nights in store.accepted_nights(k=k).values():
-        per_night = [_night_samples(night) for night in nights]
+        per_night = [run_values(night) for night in nights]
         for metric in metrics:
             if metric == "failed":
                 continue
@@ -74,13 +75,3 @@ def suite_night_cv(store: HistoryStore, *, k: int, metrics: Sequence[str] = DEFA
             if len(values) == len(per_night):
                 series.append(values)
     return night_cv_estimate(series)
-
-
-def _night_samples(runs: list[dict[str, object]]) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
-    for run in runs:
-        metrics = run["metrics"]
-        assert isinstance(metrics, dict)
-        for metric, value in metrics.items():
-            out.setdefault(metric, []).append(float(value))
-    return out

@@ -14,7 +14,7 @@ from typing import Any
 from pytest_llmperf.gate.decision import DEFAULT_GATED, higher_is_better
 from pytest_llmperf.history.changes import ChangePoint, change_points
 
-__all__ = ["GATED_SERIES", "Change", "Night", "changes_of", "nightly_series", "suite_of"]
+__all__ = ["GATED_SERIES", "Change", "Night", "changes_of", "nightly_series", "run_values", "suite_of"]
 
 GATED_SERIES = tuple(m for m in DEFAULT_GATED if m != "failed")  # the gated performance metrics
 
@@ -49,12 +49,18 @@ def nightly_series(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[Night]]:
     return out
 
 
-def _night(runs: list[Mapping[str, Any]]) -> Night:
-    first = runs[0]
+def run_values(runs: Iterable[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """Each metric's values over a night's run rows, in run order."""
     values: dict[str, list[float]] = defaultdict(list)
     for run in runs:
         for metric, value in run["metrics"].items():
             values[metric].append(float(value))
+    return dict(values)
+
+
+def _night(runs: list[Mapping[str, Any]]) -> Night:
+    first = runs[0]
+    values = run_values(runs)
     return Night(
         session_uid=first["session_uid"],
         started=first["started"],
@@ -63,7 +69,7 @@ def _night(runs: list[Mapping[str, Any]]) -> Night:
         hardware=first["hardware"],
         verdict=first["verdict"],
         accepted=bool(first["accepted"]),
-        runs=dict(values),
+        runs=values,
         means={m: statistics.fmean(v) for m, v in values.items()},
         reference=dict(first["reference"] or {}),
         tolerance=dict(first.get("tolerance") or {}),

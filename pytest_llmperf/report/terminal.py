@@ -179,15 +179,11 @@ def describe_gpus(state: LlmperfSession) -> str:
 
 def record_history(target: str, summary: dict[str, Any]) -> str:
     """Ingest this session into the history store; a store that cannot be written is said, not raised."""
-    from pytest_llmperf.history.ingest import ingest_summary
-    from pytest_llmperf.history.store import HistoryError, HistoryStore
+    from pytest_llmperf.history.ingest import record
+    from pytest_llmperf.history.store import HistoryError
 
     try:
-        store = HistoryStore(target)
-        try:
-            added = ingest_summary(store, summary)
-        finally:
-            store.close()
+        added = record(target, [summary])
     except HistoryError as exc:
         return f"not recorded: {redact_text(str(exc))}"
     return f"{added} run(s) recorded in {redact_text(target)}"  # a PostgreSQL URL may hold a password
