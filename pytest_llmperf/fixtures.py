@@ -51,6 +51,7 @@ from pytest_llmperf.report.record import (
     write_runs,
 )
 from pytest_llmperf.session import LlmperfSession, RunningServer, session_key
+from pytest_llmperf.sim.calibrated import simulation_label
 
 __all__ = [
     "CALIBRATION_RUNS",
@@ -112,6 +113,13 @@ class PerfGate:
             simulated=self.state.simulate,
             version=result.server.version,
         )
+
+    def simulated(self) -> str | None:
+        """What a simulated result says of itself (None: measured on an engine)."""
+        engine = self.case.engine
+        if engine.engine != "sim" and not self.state.simulate:
+            return None
+        return simulation_label(engine.engine, engine.sim.profile)
 
     def hardware(self) -> dict[str, object]:
         return hardware_for(self.case.engine, simulate=self.state.simulate, gpus=self.state.gpus)
@@ -244,6 +252,7 @@ class PerfGate:
             gate=self.state.policy.describe(),
             hardware=self.hardware(),
             image=result.server.config.image,
+            simulated=self.simulated(),
         )
         self.item.user_properties.append((RESULT_PROPERTY, json.dumps(record)))
         self.item.user_properties.extend(junit_properties(decision))

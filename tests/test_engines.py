@@ -13,6 +13,7 @@ from suite_files import PERF_TEST, StartSim
 from pytest_llmperf.engines.classify import classify
 from pytest_llmperf.errors import ServerCrashError, ServerOutOfMemoryError, ServerStartupError, UnsupportedConfigError
 from pytest_llmperf.hardware import cpu_isa, detect_gpus, gpu_slice, hardware_key, missing_hardware
+from pytest_llmperf.sim.calibrated import calibration_key, simulation_label
 
 WORKLOAD = """
 [[workloads]]
@@ -260,14 +261,28 @@ model = "org/model"
 decode_context_parallel_size = 8
 unsupported = { match = "softmax lse", reason = "no LSE", message = "AssertionError: DCP requires the softmax lse" }
 """
-    result = run_suite(pytester, matrix, "--llmperf-simulate", "--llmperf-log-dir", "logs")
+    options = ("--llmperf-simulate", "--llmperf-log-dir", "logs", "--llmperf-report-dir", "rep")
+    result = run_suite(pytester, matrix, *options)
     result.assert_outcomes(passed=1, xfailed=1)
     log = (pytester.path / "logs" / "v.log").read_text()
     assert "-m pytest_llmperf.sim serve org/model -tp 8" in log and "--profile h200-vllm" in log
     assert "VLLM_ATTENTION_BACKEND=FLASHMLA" in log
+    # the calibrated profile under the command line's knobs, and what of them it has no calibration for
+    assert "llmperf sim: simulated timing, deepseek-v32-h200.toml, calibrated on baselines/perf_tests/study" in log
+    assert "llmperf sim: attention=FLASHMLA: not calibrated (mechanism only)" in log
     files = list((pytester.path / "baselines").rglob("*.json"))
     assert [f.relative_to(pytester.path / "baselines").parts[0] for f in files] == ["simulated"]
-    assert json.loads(files[0].read_text())["hardware"] == {"kind": "simulated", "profile": "h200-vllm"}
+    key = {"kind": "simulated", "profile": "h200-vllm", "calibration": calibration_key("vllm")}
+    assert json.loads(files[0].read_text())["hardware"] == key
+    assert key["calibration"].startswith("deepseek-v32-h200.toml 20")
+    # every report says it is a simulation, and of what calibration
+    label = simulation_label("vllm")
+    assert label.startswith("llmperf-sim, H200 profiles deepseek-v32-h200.toml, calibrated on baselines/perf_tests/")
+    out = result.stdout.str()
+    assert "llmperf results (simulated)" in out and f"simulated, not measured on the engines: {label}" in out
+    summary = json.loads((pytester.path / "rep" / "summary.json").read_text())
+    assert summary["simulated"] == [label] and summary["tests"][0]["simulated"] == label
+    assert f"Simulated, not measured on the engines: {label}" in (pytester.path / "rep" / "summary.md").read_text()
 
 
 def test_teardown_waits_for_gpu_memory_to_come_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,8 @@ commands:
   sim serve [OPTIONS]     run the simulated engine (OpenAI API as vLLM serves it); see `llmperf sim serve --help`
   sim tokenizer DIR       write the simulated engine's tokenizer as a Hugging Face tokenizer directory
   sim build-image         build the simulated engine's container image locally (no registry needed)
+  sim calibrate RESULTS... -o PROFILE.toml
+                          fit the simulated engine's profiles to measured results (baselines, report folders)
   bench serve [OPTIONS]   benchmark a server: a drop-in for `vllm bench serve`; see `llmperf bench serve --help`
   matrix PATH             print every engine config's launch command, environment, markers and workloads
   baselines list|show|prune   inspect baseline files; remove those no test matches
@@ -40,10 +42,15 @@ def _sim(args: list[str]) -> int:
         from pytest_llmperf.sim.image import main as image_main
 
         return image_main(args[1:])
+    if args[:1] == ["calibrate"]:
+        from pytest_llmperf.cli.calibrate import main as calibrate_main
+
+        return calibrate_main(args[1:])
     usage = (
         "usage: llmperf sim serve [OPTIONS]    run the simulated engine (see llmperf sim serve --help)\n"
         "       llmperf sim tokenizer DIR      write its tokenizer as a Hugging Face tokenizer directory\n"
-        "       llmperf sim build-image        a container image of it, built locally (podman or docker)"
+        "       llmperf sim build-image        a container image of it, built locally (podman or docker)\n"
+        "       llmperf sim calibrate RESULTS... -o PROFILE.toml   fit its profiles to measured results"
     )
     if args[:1] in (["-h"], ["--help"]):
         print(usage)

@@ -56,6 +56,7 @@ def load_dir(path: Path, configs: dict[str, EngineConfig]) -> tuple[list[dict[st
                 r.get("knob"),
                 r.get("derives_from"),
                 r.get("command", ""),
+                str(r.get("simulated") or ""),
             )
             for r in records
             if r.get("config") and r.get("workload")
@@ -74,6 +75,10 @@ def load_dir(path: Path, configs: dict[str, EngineConfig]) -> tuple[list[dict[st
         knob = b.engine.get("knob") or (cfg.knob if cfg else None)
         derives_from = b.engine.get("derives_from") or (cfg.derives_from if cfg else None)
         command = str(b.engine.get("command") or (canonical_command(cfg) if cfg else ""))
+        simulated = ""
+        if b.hardware.get("kind") == "simulated":
+            cal = b.hardware.get("calibration", "uncalibrated")
+            simulated = f"llmperf-sim, profile {b.hardware.get('profile', '?')} ({cal})"
         entries.append(
             Entry(
                 str(b.engine.get("id")),
@@ -83,6 +88,7 @@ def load_dir(path: Path, configs: dict[str, EngineConfig]) -> tuple[list[dict[st
                 str(knob) if knob else None,
                 str(derives_from) if derives_from else None,
                 command,
+                simulated,
             )
         )
     if not entries:

@@ -29,6 +29,7 @@ from pytest_llmperf.gate.decision import (
 from pytest_llmperf.gate.identity import WorkIdentity, differences
 from pytest_llmperf.gate.suite import DEFAULT_POLICY, SuitePolicy
 from pytest_llmperf.hardware import Gpu, hardware_key
+from pytest_llmperf.sim.calibrated import calibration_key
 
 __all__ = [
     "Decision",
@@ -107,8 +108,8 @@ def hardware_for(cfg: EngineConfig, *, simulate: bool, gpus: list[Gpu] | None) -
     if cfg.engine == "sim":
         # modelled time: results do not depend on the host, only on the simulator's profile
         return {"kind": "simulated", "profile": cfg.sim.profile}
-    if simulate:
-        return {"kind": "simulated", "profile": f"h200-{cfg.engine}"}
+    if simulate:  # a recalibrated simulator is another machine: the calibration is part of the key
+        return {"kind": "simulated", "profile": f"h200-{cfg.engine}", "calibration": calibration_key(cfg.engine)}
     return hardware_key(gpus)
 
 

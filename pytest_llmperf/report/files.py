@@ -26,7 +26,15 @@ from pytest_llmperf import __version__
 from pytest_llmperf.redact import MASK, redact_argv, redact_text
 from pytest_llmperf.report.rows import ORDER, table, verdict_rows
 
-__all__ = ["SUMMARY_SCHEMA_VERSION", "copy_logs", "markdown_summary", "session_summary", "write_run", "write_session"]
+__all__ = [
+    "SUMMARY_SCHEMA_VERSION",
+    "copy_logs",
+    "markdown_summary",
+    "session_summary",
+    "simulated_labels",
+    "write_run",
+    "write_session",
+]
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -45,6 +53,10 @@ def markdown_summary(records: Sequence[dict[str, Any]], *, title: str = "pytest-
         counts[rec["verdict"]] = counts.get(rec["verdict"], 0) + 1
     head = ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: ORDER.get(kv[0], 9)))
     lines = [f"## {title}", "", f"{len(records)} test(s): {head or 'none'}", ""]
+    simulated = simulated_labels(records)
+    if simulated:
+        lines[0] += " (simulated)"
+        lines += [f"Simulated, not measured on the engines: {'; '.join(simulated)}", ""]
     lines += table(list(verdict_rows(records)), markdown=True)
     engines = {
         rec["config"]: (rec.get("engine_version"), rec.get("image"))
@@ -54,6 +66,11 @@ def markdown_summary(records: Sequence[dict[str, Any]], *, title: str = "pytest-
     if engines:  # what ran: an A/B of two releases names them
         lines += ["", "Engines: " + "; ".join(_engine_text(c, v, i) for c, (v, i) in sorted(engines.items()))]
     return "\n".join(lines) + "\n"
+
+
+def simulated_labels(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The simulators (and their profiles' calibration sources) behind ``records``, one each."""
+    return sorted({str(r["simulated"]) for r in records if r.get("simulated")})
 
 
 def _engine_text(config: str, version: str | None, image: str | None) -> str:
@@ -100,6 +117,7 @@ def session_summary(
         "environment": _environment(gpus),
         "engine_versions": engines,
         "engine_images": images,  # configs run from a container image
+        "simulated": simulated_labels(records),  # [] when every result was measured on an engine
         "tests": list(records),
     }
 

@@ -45,6 +45,7 @@ def result_record(
     gate: str = "",
     hardware: dict[str, Any] | None = None,
     image: str | None = None,
+    simulated: str | None = None,
 ) -> dict[str, Any]:
     """The JSON record of one test: what the terminal summary, ``summary.json`` and ``llmperf report`` show."""
     engine = case.engine
@@ -55,6 +56,7 @@ def result_record(
         "engine": engine.engine,
         "engine_version": version,
         "image": image,  # the container image the engine ran from (None: a process on this host)
+        "simulated": simulated,  # None: measured on the engine; else the simulator and its profile's source
         "workload": case.workload.id,
         "knob": engine.knob,
         "derives_from": engine.derives_from,

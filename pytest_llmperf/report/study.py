@@ -45,6 +45,7 @@ class Entry:
     knob: str | None = None
     derives_from: str | None = None
     command: str = ""
+    simulated: str = ""  # "": measured on the engine; else the simulator and its profile's calibration source
 
 
 @dataclass
@@ -139,7 +140,18 @@ def _md(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def render_markdown(view: StudyView) -> str:
-    out = [f"# Study view ({view.workload}, by {REFERENCE_METRIC})", ""]
+    simulated = sorted({e.simulated for rows in view.per_engine.values() for e, _ in rows if e.simulated})
+    if simulated:
+        out = [
+            f"# Study view ({view.workload}, by {REFERENCE_METRIC}): a simulation",
+            "",
+            "Every number below comes from the simulated engine, not from the engines: "
+            + "; ".join(simulated)
+            + ". Compare a real run before acting on it.",
+            "",
+        ]
+    else:
+        out = [f"# Study view ({view.workload}, by {REFERENCE_METRIC})", ""]
     for engine, rows in view.per_engine.items():
         out += [f"## {engine}: each configuration against the engine's baseline configuration", ""]
         headers = ("configuration", "knob", "total tok/s", "change", "output tok/s", "change", "mean TPOT ms", "change")

@@ -12,7 +12,7 @@ from tabulate import tabulate
 
 from pytest_llmperf.gate.check import git_commit
 from pytest_llmperf.redact import redact_text
-from pytest_llmperf.report.files import session_summary, write_session
+from pytest_llmperf.report.files import session_summary, simulated_labels, write_session
 from pytest_llmperf.report.record import CALIBRATION_PROPERTY, PERF_TEST_PROPERTY, RESULT_PROPERTY
 from pytest_llmperf.report.rows import table, verdict_rows
 from pytest_llmperf.session import LlmperfSession
@@ -97,7 +97,10 @@ class ResultCollector:
         if not state.results:
             return
         tr = terminalreporter
-        tr.write_sep("=", "llmperf results")
+        simulated = simulated_labels(state.results)
+        tr.write_sep("=", "llmperf results (simulated)" if simulated else "llmperf results")
+        for label in simulated:
+            tr.write_line(f"simulated, not measured on the engines: {label}", yellow=True)
         # colour only on a terminal, never with NO_COLOR: pytest's own markup rules decide
         rows = list(verdict_rows(state.results, reported=config.get_verbosity() > 0))
         lines = table(rows)

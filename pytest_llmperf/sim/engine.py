@@ -24,84 +24,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pytest_llmperf.sim.profile import PROFILES, Profile
+
 __all__ = ["PROFILES", "EngineStats", "Profile", "SimEngine", "SimRequest"]
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Step-time model: ``overhead + weights(batch) + decode seqs + prefill tokens + context held``.
-
-    ``weights(batch)`` models a mixture-of-experts weight stream: the non-routed part plus the
-    routed experts touched by the batch, ``routed_full_s * (1 - (1 - topk/experts) ** batch)``.
-    Dense profiles leave it at 0.
-    """
-
-    name: str
-    description: str
-    step_overhead_s: float
-    decode_per_seq_s: float
-    prefill_per_token_s: float
-    context_per_token_s: float
-    max_num_seqs: int
-    max_num_batched_tokens: int
-    kv_capacity_tokens: int
-    block_size: int = 16
-    nonrouted_weights_s: float = 0.0
-    routed_full_s: float = 0.0
-    experts: int = 256
-    topk: int = 8
-
-    def step_time(self, batch: int, n_decode: int, n_prefill_tokens: int, context_tokens: int) -> float:
-        t = (
-            self.step_overhead_s
-            + self.decode_per_seq_s * n_decode
-            + self.prefill_per_token_s * n_prefill_tokens
-            + self.context_per_token_s * context_tokens
-        )
-        if self.routed_full_s and batch:
-            t += self.nonrouted_weights_s + self.routed_full_s * (1.0 - (1.0 - self.topk / self.experts) ** batch)
-        return t
-
-
-def _h200(engine: str, overhead_s: float, max_num_seqs: int, batched: int) -> Profile:
-    # DeepSeek-V3.2 (671 B MoE, FP8) on one 8xH200 node, from the roofline in
-    # ../shared/reference/simulators-and-h200-model.md (b.4): ~84 GB/GPU of routed experts streamed
-    # per step at large batch (~22 ms at 80 % of 4.8 TB/s), ~2 GB/GPU non-routed (~0.5 ms),
-    # ~13 us per prompt token (75k prompt tok/s per node), a few ns per context token (DSA caps the
-    # main attention at 2048 keys; the indexer reads all). A model, not a measurement.
-    return Profile(
-        name=f"h200-{engine}",
-        description=f"DeepSeek-V3.2 on 8xH200 ({engine}-shaped overheads); an analytic model, not a measurement",
-        step_overhead_s=overhead_s,
-        decode_per_seq_s=0.000005,
-        prefill_per_token_s=0.0000133,
-        context_per_token_s=0.000000004,
-        max_num_seqs=max_num_seqs,
-        max_num_batched_tokens=batched,
-        kv_capacity_tokens=700_000,
-        nonrouted_weights_s=0.0005,
-        routed_full_s=0.022,
-    )
-
-
-PROFILES: dict[str, Profile] = {
-    # Fast, engine-shaped and light on the host: ~8 ms steps at small batch, so a suite on 2 CPU
-    # cores keeps the simulator and the client well below saturation.
-    "cpu-small": Profile(
-        name="cpu-small",
-        description="small dense model on a fast accelerator: ~8 ms steps, +0.15 ms per running sequence",
-        step_overhead_s=0.008,
-        decode_per_seq_s=0.00015,
-        prefill_per_token_s=0.000004,
-        context_per_token_s=0.00000002,
-        max_num_seqs=256,
-        max_num_batched_tokens=8192,
-        kv_capacity_tokens=1_000_000,
-    ),
-    "h200-vllm": _h200("vllm", 0.006, 1024, 8192),
-    "h200-sglang": _h200("sglang", 0.005, 1024, 16384),
-    "h200-trtllm": _h200("trtllm", 0.0045, 2048, 8192),
-}
 
 
 @dataclass(frozen=True)
@@ -126,6 +51,7 @@ class SimRequest:
     blocks: int = 0
     aborted: bool = False
     preempted: int = 0
+    credit: float = 0.0  # accepted draft tokens not yet emitted (speculative decoding)
 
     @property
     def to_prefill(self) -> int:
@@ -234,23 +160,36 @@ class SimEngine:
             if r.aborted:
                 self._release(r)
         self.running = [r for r in self.running if not r.aborted]
+        if self.profile.prefill_first:
+            prefill = self._prefill(self.max_num_batched_tokens)
+            if prefill:
+                return [], prefill
+        return self._decodes_then_prefill()
+
+    def _decodes_then_prefill(self) -> tuple[list[SimRequest], list[tuple[SimRequest, int]]]:
         decode: list[SimRequest] = []
+        slots = 1 + self.profile.spec_tokens  # KV slots a decode step writes: the token and its drafts
         i = 0
         while i < len(self.running):
             r = self.running[i]
             if r.in_decode:
                 # the next token's KV slot; preempt the newest request until it fits
-                fits = self._grow(r, r.prefilled + 1)
+                fits = self._grow(r, r.prefilled + slots)
                 while not fits:
                     victim = self._preempt_newest()
                     if victim is None or victim is r:
                         break  # r itself was the newest: it is back in the queue, and the loop ends
-                    fits = self._grow(r, r.prefilled + 1)
+                    fits = self._grow(r, r.prefilled + slots)
                 if not fits:
                     continue
                 decode.append(r)
             i += 1
-        budget = self.max_num_batched_tokens - len(decode)
+        if self.profile.prefill_first:
+            return decode, []
+        return decode, self._prefill(self.max_num_batched_tokens - len(decode))
+
+    def _prefill(self, budget: int) -> list[tuple[SimRequest, int]]:
+        """Prefill chunks within ``budget`` tokens: running requests still in prefill, then admissions."""
         prefill: list[tuple[SimRequest, int]] = []
         for r in self.running:
             if budget <= 0:
@@ -261,6 +200,9 @@ class SimEngine:
                     break
                 prefill.append((r, chunk))
                 budget -= chunk
+        reserve = 0.0
+        if self.profile.admit_reserve and self.waiting:
+            reserve = self.profile.admit_reserve * sum(r.max_tokens - r.generated for r in self.running)
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             r = self.waiting[0]
             if r.aborted:
@@ -268,19 +210,20 @@ class SimEngine:
                 continue
             chunk = min(r.to_prefill, budget)
             # admit only with room for the whole prompt (vLLM's watermark, simplified)
-            if self._blocks_for(r.to_prefill + 1) > self.free_blocks:
+            if reserve:
+                reserve += self.profile.admit_reserve * (r.max_tokens - r.generated)
+            if self._blocks_for(r.to_prefill + 1 + int(reserve)) > self.free_blocks:
                 break
             self.waiting.popleft()
             self._grow(r, chunk)
             self.running.append(r)
             prefill.append((r, chunk))
             budget -= chunk
-        return decode, prefill
+        return prefill
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         clock = loop.time()
-        profile = self.profile
         while True:
             if not self.running and not self.waiting:
                 self._wake.clear()
@@ -292,9 +235,7 @@ class SimEngine:
                 await asyncio.sleep(0.001)
                 clock = loop.time()
                 continue
-            n_prefill = sum(chunk for _, chunk in prefill)
-            context = sum(r.prefilled for r in self.running)
-            step = profile.step_time(len(decode) + len(prefill), len(decode), n_prefill, context) * self.slowdown
+            step = self.step_time(decode, prefill) * self.slowdown
             if self.jitter:
                 step *= max(0.0, self._rng.gauss(1.0, self.jitter))
             clock += step
@@ -303,31 +244,52 @@ class SimEngine:
                 await asyncio.sleep(delay)
             elif delay < -0.05:  # fell far behind (host stall): do not burst to catch up
                 clock = loop.time()
-            self.steps_total += 1
-            produced = 0
-            for r in decode:
-                if r.aborted:
-                    continue
-                r.prefilled += 1
+            self._advance(decode, prefill)
+
+    def _advance(self, decode: list[SimRequest], prefill: list[tuple[SimRequest, int]]) -> None:
+        """The end of a step: tokens out (``on_token``), finished requests leave and free their blocks."""
+        self.steps_total += 1
+        produced = 0
+        spec = self.profile.spec_tokens * self.profile.spec_accept
+        for r in decode:
+            if r.aborted:
+                continue
+            n = 1
+            if spec:
+                r.credit += spec
+                extra = int(r.credit)
+                r.credit -= extra
+                n = min(1 + extra, r.max_tokens - r.generated)
+            r.prefilled += n
+            r.generated += n
+            produced += n
+            r.on_token(r.generated)
+        for r, chunk in prefill:
+            if r.aborted:
+                continue
+            r.prefilled += chunk
+            if r.in_decode:
+                if r.preempted:
+                    r.prefilled = r.to_prefill
                 r.generated += 1
                 produced += 1
                 r.on_token(r.generated)
-            for r, chunk in prefill:
-                if r.aborted:
-                    continue
-                r.prefilled += chunk
-                if r.in_decode:
-                    if r.preempted:
-                        r.prefilled = r.to_prefill
-                    r.generated += 1
-                    produced += 1
-                    r.on_token(r.generated)
-            self.generation_tokens_total += produced
-            still: list[SimRequest] = []
-            for r in self.running:
-                if r.generated >= r.max_tokens or r.aborted:
-                    self._release(r)
-                    self.requests_finished_total += not r.aborted
-                else:
-                    still.append(r)
-            self.running = still
+        self.generation_tokens_total += produced
+        still: list[SimRequest] = []
+        for r in self.running:
+            if r.generated >= r.max_tokens or r.aborted:
+                self._release(r)
+                self.requests_finished_total += not r.aborted
+            else:
+                still.append(r)
+        self.running = still
+
+    def step_time(self, decode: list[SimRequest], prefill: list[tuple[SimRequest, int]]) -> float:
+        """The modelled duration of the step that runs ``decode`` and ``prefill``."""
+        n_prefill = sum(chunk for _, chunk in prefill)
+        context = sum(r.prefilled for r in self.running)
+        n_decode = len(decode) * (1 + self.profile.spec_tokens)  # each draft token is verified like a decode
+        t = self.profile.step_time(len(decode) + len(prefill), n_decode, n_prefill, context)
+        if self.profile.attn_pair_s or self.profile.index_pair_s:
+            t += sum(self.profile.prefill_attention(r.prefilled, chunk) for r, chunk in prefill)
+        return t

@@ -44,6 +44,9 @@ class SimServerOptions:
     malformed_rate: float = 0.0
     reset_rate: float = 0.0
     realtime_priority: int = 0
+    profile_file: str | None = None  # calibrated profiles for the h200-* engine families (default: packaged)
+    uncalibrated: bool = False
+    engine_args: tuple[str, ...] = ()  # the command line as given: the knobs are read from it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
         default="cpu-small",
         help="timing model; 'deterministic' gives every request the same TTFT and ITL whatever the load",
     )
+    p.add_argument(
+        "--profile-file",
+        default=None,
+        metavar="TOML",
+        help="calibrated profiles (llmperf sim calibrate) for the h200-* profiles; default: the packaged "
+        "DeepSeek-V3.2 8xH200 calibration. The engine's own flags and environment select the knob settings",
+    )
+    p.add_argument("--uncalibrated", action="store_true", help="h200-* profiles: the analytic roofline only")
     p.add_argument("--ttft-ms", type=float, default=50.0, help="deterministic profile: time to first token")
     p.add_argument("--itl-ms", type=float, default=50.0, help="deterministic profile: inter-token latency")
     p.add_argument("--slowdown", type=float, default=1.0, help="multiply every step time (prove the gate)")
@@ -161,5 +172,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimServerOptions, list[st
             p.error(f"--{name.replace('_', '-')} must be a fraction in [0, 1]")
     model = ns.model or model_tag or "llmperf-sim"
     fields = {k: v for k, v in vars(ns).items() if k not in ("model", "startup_delay")}
+    fields["engine_args"] = tuple(args)
     fields["served_model_name"] = ns.served_model_name or model
     return SimServerOptions(model=model, startup_delay_s=ns.startup_delay, **fields), unknown

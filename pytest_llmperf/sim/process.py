@@ -49,6 +49,10 @@ async def serve(opts: SimServerOptions) -> None:
             + (f", SCHED_FIFO priority {opts.realtime_priority})" if opts.realtime_priority else ")"),
             flush=True,
         )
+        if server.engine is not None and server.engine.profile.calibration:
+            print(f"llmperf sim: simulated timing, {server.engine.profile.calibration}", flush=True)
+        for note in server.profile_notes:
+            print(f"llmperf sim: {note}", flush=True)
         await stop.wait()
         print("llmperf sim: shutting down", flush=True)
         srv.close()

@@ -15,16 +15,29 @@ import time
 from typing import Any
 
 from pytest_llmperf import __version__
-from pytest_llmperf.sim.engine import PROFILES, SimEngine
+from pytest_llmperf.sim.calibrated import default_profiles, load_profiles
+from pytest_llmperf.sim.engine import PROFILES, Profile, SimEngine
 from pytest_llmperf.sim.generation import Generation
 from pytest_llmperf.sim.http import HttpConnection, Request
+from pytest_llmperf.sim.knobs import parse_knobs
 from pytest_llmperf.sim.metrics import Histogram, render_metrics
 from pytest_llmperf.sim.openai_api import ApiError, bad_request, message_text, parse_generation
 from pytest_llmperf.sim.options import SimServerOptions
 from pytest_llmperf.sim.schedule import TokenSchedule
 from pytest_llmperf.tokenizer import SimTokenizer
 
-__all__ = ["SimServer"]
+__all__ = ["SimServer", "resolve_profile"]
+
+
+def resolve_profile(opts: SimServerOptions, env: dict[str, str]) -> tuple[Profile, list[str]]:
+    """The timing model: a named profile, or for ``h200-<engine>`` the calibrated one under the knobs that
+    the engine's own flags (``opts.engine_args``) and environment set; notes say what was not calibrated."""
+    base = PROFILES[opts.profile]
+    if not opts.profile.startswith("h200-") or opts.uncalibrated:
+        return base, []
+    engine = opts.profile.removeprefix("h200-")
+    profiles = load_profiles(opts.profile_file) if opts.profile_file else default_profiles()
+    return profiles.profile(engine, parse_knobs(engine, opts.engine_args, env))
 
 
 class SimServer:
@@ -34,9 +47,11 @@ class SimServer:
         self.tokenizer = SimTokenizer()
         self.word_bytes = [(" " + self.tokenizer.word(i)).encode() for i in range(self.tokenizer.vocab_size)]
         self.engine: SimEngine | None = None
+        self.profile_notes: list[str] = []
         if opts.profile != "deterministic":
+            profile, self.profile_notes = resolve_profile(opts, dict(os.environ))
             self.engine = SimEngine(
-                PROFILES[opts.profile],
+                profile,
                 slowdown=opts.slowdown,
                 max_num_seqs=opts.max_num_seqs,
                 max_num_batched_tokens=opts.max_num_batched_tokens,

@@ -1,0 +1,117 @@
+"""The simulated engine in virtual time: a whole benchmark in a fraction of a second.
+
+:func:`replay` runs the engine's own scheduler (:class:`~pytest_llmperf.sim.engine.SimEngine`'s
+``_schedule``, ``step_time`` and ``_advance``, the code the HTTP server runs) on a clock that jumps
+from step to step, with every request arriving at once (``vllm bench serve`` at request rate inf and
+no concurrency cap, as in the study), and computes the metrics with the load generator's own
+definitions (:func:`pytest_llmperf.metrics.calculate_metrics`). Calibration evaluates thousands of
+candidate profiles this way; a served run of the same profile gives the same numbers up to the
+client's and the host's timing noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from pytest_llmperf.metrics import RequestRecord, calculate_metrics
+from pytest_llmperf.sim.engine import Profile, SimEngine, SimRequest
+
+__all__ = ["Shape", "random_shape", "replay", "sharegpt_shape"]
+
+OUT_SIGMA = 0.8  # answers: lognormal sigma (the bundled sample draws 0.8)
+MAX_STEPS = 2_000_000  # bounds a replay whatever the profile (a 1000-request ShareGPT run takes ~2,000)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A workload as the engine sees it: (prompt tokens, output tokens) per request."""
+
+    name: str
+    requests: tuple[tuple[int, int], ...]
+
+
+def random_shape(input_len: int, output_len: int, num_prompts: int) -> Shape:
+    """``--dataset-name random`` at range ratio 0: every request the same lengths."""
+    return Shape(f"random-{input_len}x{output_len}", ((input_len, output_len),) * num_prompts)
+
+
+def sharegpt_shape(num_prompts: int, mean_input: float, mean_output: float, *, seed: int = 0) -> Shape:
+    """ShareGPT-like lengths with the given means: long-tailed (lognormal, sigma 1.0 for prompts and 0.8 for
+    answers, as the bundled sample draws them), kept to ``vllm bench serve``'s filter (4 <= prompt <= 1024,
+    prompt + output <= 2048), then scaled so that the means match the measured totals."""
+    rng = np.random.default_rng(seed)
+    pairs: list[tuple[float, float]] = []
+    while len(pairs) < num_prompts:
+        p = float(rng.lognormal(math.log(mean_input) - 0.5, 1.0))
+        o = float(rng.lognormal(math.log(mean_output) - OUT_SIGMA**2 / 2, OUT_SIGMA))
+        if 4 <= p <= 1024 and o >= 4 and p + o <= 2048:
+            pairs.append((p, o))
+    pin = mean_input / (sum(p for p, _ in pairs) / num_prompts)
+    pout = mean_output / (sum(o for _, o in pairs) / num_prompts)
+    reqs = tuple((max(4, round(p * pin)), max(4, round(o * pout))) for p, o in pairs)
+    return Shape("sharegpt", reqs)
+
+
+class _Timeline:
+    __slots__ = ("clock", "first", "itl", "last")
+
+    def __init__(self) -> None:
+        self.clock = 0.0
+        self.first = -1.0
+        self.last = 0.0
+        self.itl: list[float] = []
+
+
+def replay(profile: Profile, shape: Shape, *, max_num_seqs: int | None = None) -> dict[str, float]:
+    """Run ``shape`` on ``profile`` in virtual time; the metrics under ``vllm bench serve``'s names."""
+    engine = SimEngine(profile, max_num_seqs=max_num_seqs)
+    clock = [0.0]
+    timelines: list[_Timeline] = []
+
+    def recorder(t: _Timeline) -> SimRequest:
+        return SimRequest(0, 0, 0.0, lambda n: _token(t))
+
+    def _token(t: _Timeline) -> None:
+        now = clock[0]
+        if t.first < 0:
+            t.first = now
+        else:
+            t.itl.append(now - t.last)
+        t.last = now
+
+    reqs: list[SimRequest] = []
+    for prompt, output in shape.requests:
+        t = _Timeline()
+        timelines.append(t)
+        req = recorder(t)
+        req.prompt_tokens, req.max_tokens = max(1, prompt), max(1, output)
+        reqs.append(req)
+        engine.waiting.append(req)
+    steps = 0
+    while engine.running or engine.waiting:
+        decode, prefill = engine._schedule()
+        if not decode and not prefill:
+            break  # nothing can ever run (a prompt larger than the KV cache): the rest fail
+        clock[0] += engine.step_time(decode, prefill)
+        engine._advance(decode, prefill)
+        steps += 1
+        if steps >= MAX_STEPS:
+            break
+    records = []
+    for (prompt, output), t, req in zip(shape.requests, timelines, reqs, strict=True):
+        records.append(
+            RequestRecord(
+                prompt_len=prompt,
+                output_len_hint=output,
+                success=req.generated >= req.max_tokens,
+                latency=t.last,
+                ttft=max(t.first, 0.0),
+                itl=t.itl,
+                output_tokens=output,
+            )
+        )
+    duration = max((t.last for t in timelines), default=0.0)
+    return calculate_metrics(records, duration).flat()
