@@ -74,9 +74,11 @@ BASE_BOUNDS: dict[str, tuple[float, float]] = {
     "decode_per_seq_s": (1e-6, 2e-3),
     "prefill_per_token_s": (2e-6, 5e-4),
 }
-# prefill attention per (query, key) pair on the node: MLA ~17 MFLOP per pair over 61 layers at 40 % of
-# 8 x 989 TFLOPS (BF16), the indexer ~1 MFLOP at 40 % of 8 x 1979 TFLOPS (FP8): the roofline note, b.4
-ATTN_PAIR_S = 17e6 / (0.4 * 8 * 989e12)
+# prefill attention per (query, key) pair on the node. Prefill runs MLA un-absorbed (as multi-head attention
+# with 128 heads of 192-dim queries/keys and 128-dim values): 2 x 128 x (192 + 128) = 82 kFLOP per pair and
+# layer, 5.0 MFLOP over 61 layers, at 40 % of 8 x 989 TFLOPS (BF16); the indexer ~1 MFLOP at 40 % of
+# 8 x 1979 TFLOPS (FP8): the roofline note, b.4
+ATTN_PAIR_S = 2 * 128 * (192 + 128) * 61 / (0.4 * 8 * 989e12)
 INDEX_PAIR_S = 1e6 / (0.4 * 8 * 1979e12)
 # KV capacity per attention rank: ~35 GB/GPU left after the FP8 weights (~85 GB) at 0.9 utilisation, at
 # V3.2's BF16 latent + FP8 indexer bytes (1284 B x 61 layers); the FP8 cache format is 788 B x 61
