@@ -134,7 +134,8 @@ def test_update_records_baselines_then_the_suite_passes_and_prints_the_table(sui
     second.assert_outcomes(passed=2)
     second.stdout.fnmatch_lines(
         [
-            "*= llmperf results =*",
+            "*= llmperf results (simulated) =*",  # the suite runs on the simulated engine, and says so
+            "simulated, not measured on the engines: llmperf-sim, profile deterministic*",
             "test*metric*baseline*current*change*tol*p*n*verdict",
             "fast-tiny*output_throughput*PASS",
             "fast-tiny*mean_tpot_ms*PASS",

@@ -257,7 +257,7 @@ def test_llmperf_sim_calibrate_writes_a_profile_and_prints_the_fit(
     src = STUDY / "test_deepseek_v32_h200" / "test_serving"
     files = [str(src / f"trtllm-{c}-sharegpt.json") for c in ("baseline", "tp-ep")]
     out = tmp_path / "p.toml"
-    assert llmperf_main(["sim", "calibrate", *files, "-o", str(out)]) == 0
+    assert llmperf_main(["sim", "calibrate", *files, "-o", str(out), "--simulate-into", str(tmp_path / "rep")]) == 0
     text = capsys.readouterr().out
     assert "calibrating on 2 results of workload sharegpt" in text
     assert "trtllm    base" in text and "parallel=tp8+ep" in text and "bounds" in text
@@ -266,5 +266,17 @@ def test_llmperf_sim_calibrate_writes_a_profile_and_prints_the_fit(
     fitted_on = {"base": "trtllm-baseline", "parallel=tp8": "trtllm-baseline", "parallel=tp8+ep": "trtllm-tp-ep"}
     assert ps.families["trtllm"].fitted_on == fitted_on
     assert ps.source["worst_total_throughput_residual"] < 0.05
+    # the replay as a report folder: the study view says it is a simulation, and of what
+    assert llmperf_main(["report", str(tmp_path / "rep")]) == 0
+    study = capsys.readouterr().out
+    assert "# Study view (sharegpt, by total_token_throughput): a simulation" in study
+    assert "not from the engines: llmperf-sim, H200 profiles p.toml, calibrated on " in study
+    assert "| trtllm-tp-ep    | parallelism |" in study
     assert llmperf_main(["sim", "calibrate", str(tmp_path / "none"), "-o", str(out)]) == 2
     assert "none: no such file or folder of results" in capsys.readouterr().err
+
+
+def test_the_published_study_view_is_not_labelled_a_simulation(capsys: pytest.CaptureFixture[str]) -> None:
+    assert llmperf_main(["report", str(STUDY)]) == 0
+    out = capsys.readouterr().out
+    assert "# Study view (sharegpt, by total_token_throughput)\n" in out and "a simulation" not in out

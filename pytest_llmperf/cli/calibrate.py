@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     except LlmperfError as exc:
         print(f"llmperf sim calibrate: {exc}", file=sys.stderr)
         return 2
+    ps.path = args.out  # what the results it replays will name as their calibration
     table, errors = _residual_table(ps, cal)
     worst = max(abs(e) for e in errors.values())
     ps.source = {

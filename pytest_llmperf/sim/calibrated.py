@@ -29,6 +29,7 @@ mechanism is missing something (``llmperf sim calibrate`` prints them).
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -110,7 +111,8 @@ def calibration_key(engine: str) -> str:
     ps = default_profiles()
     if engine not in ps.families or ps.path is None:
         return "uncalibrated"
-    return f"{ps.path.name} {ps.source.get('date', '')}".strip()
+    digest = hashlib.sha256(ps.path.read_bytes()).hexdigest()[:12]  # any recalibration changes it
+    return f"{ps.path.name} {digest}"
 
 
 def simulation_label(engine: str, profile: str = "") -> str:
