@@ -19,6 +19,7 @@ from pytest_llmperf.sim.calibrated import (
     FP8_CAPACITY,
     FamilyProfile,
     ProfileSet,
+    calibration_key,
     default_profiles,
     load_profiles,
 )
@@ -230,6 +231,27 @@ def test_the_packaged_calibration_loads_and_covers_the_study() -> None:
     fitted = {cfg for fam in ps.families.values() for cfg in fam.fitted_on.values()}
     assert len(fitted) == 19  # every study configuration that starts
     assert ps.dumps() == load_profiles(DEFAULT_PROFILE_FILE).dumps()  # stable round trip
+
+
+def test_a_recalibration_on_the_same_day_keys_its_results_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The calibration in a simulated result's hardware key follows the profile file's content, not its date:
+    results of two calibrations are never compared with each other as if from one machine."""
+    import pytest_llmperf.sim.calibrated as calibrated
+
+    packaged = DEFAULT_PROFILE_FILE.read_text(encoding="utf-8")
+    copy = tmp_path / DEFAULT_PROFILE_FILE.name
+    copy.write_text(packaged, encoding="utf-8")
+    monkeypatch.setattr(calibrated, "DEFAULT_PROFILE_FILE", copy)
+    first = calibration_key("sglang")
+    assert first == calibration_key("sglang") and first.startswith(f"{copy.name} ")
+    refit = packaged.replace("step_overhead_s = ", "step_overhead_s = 1", 1)  # a new fit, same source date
+    assert refit != packaged and load_profiles(copy).source["date"] in refit
+    copy.write_text(refit, encoding="utf-8")
+    second = calibration_key("sglang")
+    assert second != first and second.startswith(f"{copy.name} ")
+    assert calibration_key("sim") == "uncalibrated"  # a family the file does not hold
 
 
 def test_reading_results_names_what_is_wrong(tmp_path: Path) -> None:
