@@ -271,6 +271,11 @@ def test_reading_results_names_what_is_wrong(tmp_path: Path) -> None:
     profile.write_text("[vllm]\nstep_overhead_s = 0.01\n")
     with pytest.raises(LlmperfError, match=r"p.toml: \[vllm\] lacks decode_per_seq_s"):
         load_profiles(profile)
+    profile.write_bytes(b"[vllm]\nstep_overhead_s = \xff\n")  # not UTF-8: an error naming the file, no traceback
+    with pytest.raises(LlmperfError, match=r"simulator profile file .*p\.toml: 'utf-8' codec can't decode"):
+        load_profiles(profile)
+    with pytest.raises(LlmperfError, match=r"simulator profile file .*gone\.toml not found \(write one: llmperf sim"):
+        load_profiles(tmp_path / "gone.toml")
 
 
 def test_llmperf_sim_calibrate_writes_a_profile_and_prints_the_fit(

@@ -111,8 +111,7 @@ def calibration_key(engine: str) -> str:
     ps = default_profiles()
     if engine not in ps.families or ps.path is None:
         return "uncalibrated"
-    digest = hashlib.sha256(ps.path.read_bytes()).hexdigest()[:12]  # any recalibration changes it
-    return f"{ps.path.name} {digest}"
+    return f"{ps.path.name} {ps.digest[:12]}"  # the content's hash: any recalibration changes it
 
 
 def simulation_label(engine: str, profile: str = "") -> str:
@@ -214,6 +213,7 @@ class ProfileSet:
     families: dict[str, FamilyProfile]
     source: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    digest: str = ""  # sha256 of the file it was read from ("" for one not read from a file)
 
     @property
     def label(self) -> str:
@@ -270,10 +270,11 @@ def load_profiles(path: str | Path) -> ProfileSet:
     """Read a calibration file; a :class:`LlmperfError` naming the file and the field when it is wrong."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise LlmperfError(f"simulator profile file {path} not found (write one: llmperf sim calibrate ...)") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise LlmperfError(f"simulator profile file {path}: {exc}") from None
     source = data.pop("source", {})
     families: dict[str, FamilyProfile] = {}
@@ -290,7 +291,7 @@ def load_profiles(path: str | Path) -> ProfileSet:
                 raise LlmperfError(f"{path}: [{engine}.knobs] {key!r}: the knob must be one of {', '.join(KNOB_NAMES)}")
         fam = FamilyProfile(engine, base, knobs, {str(k): str(v) for k, v in table.get("fitted_on", {}).items()})
         families[engine] = fam
-    return ProfileSet(families, source, path)
+    return ProfileSet(families, source, path, hashlib.sha256(raw).hexdigest())
 
 
 def with_base(fam: FamilyProfile, **base: float) -> FamilyProfile:
