@@ -1,0 +1,106 @@
+"""An experiment, not the simulator: SGLang's DP attention as per-rank schedulers, held out on the study.
+
+Under ``--enable-dp-attention`` each of SGLang's 8 DP ranks schedules its own requests (prefill first,
+a chunk of ``chunked_prefill_size / dp``), and a forward may be mixed: prefill on some ranks, decode on
+others. This runs the packaged profile's SGLang configuration that the study's random shapes use
+(sglang-attn-fa3) that way, in virtual time: requests dealt round-robin to 8 copies of the engine's
+scheduler, each with 1/8 of the KV cache, of the token budget and of the running cap, stepping in
+lockstep; a step lasts the node-wide cost of all ranks' tokens plus the slowest rank's prefill
+attention (one GPU's, 8x the node's). It prints each workload's prediction against the published block,
+next to the node-wide scheduler's (docs/performance.md, "The calibrated simulator against the study").
+
+    python benchmarks/sim_dp_ranks.py [--config sglang-attn-fa3] [--ranks 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from pytest_llmperf.metrics import RequestRecord, calculate_metrics
+from pytest_llmperf.sim.calibrate import Measured, predict, read_results
+from pytest_llmperf.sim.calibrated import default_profiles
+from pytest_llmperf.sim.engine import SimEngine, SimRequest
+
+METRICS = ("output_throughput", "mean_tpot_ms", "median_itl_ms", "p99_itl_ms", "mean_ttft_ms")
+MAX_STEPS = 2_000_000
+
+
+class _Times:
+    def __init__(self, clock: list[float]) -> None:
+        self.clock, self.first, self.last = clock, -1.0, 0.0
+        self.itl: list[float] = []
+
+    def token(self, _n: int) -> None:
+        now = self.clock[0]
+        if self.first < 0:
+            self.first = now
+        else:
+            self.itl.append(now - self.last)
+        self.last = now
+
+
+def per_rank_replay(m: Measured, ranks: int) -> dict[str, float]:
+    prof, _ = default_profiles().profile(m.engine, m.knobs)
+    rank_prof = dataclasses.replace(
+        prof,
+        kv_capacity_tokens=prof.kv_capacity_tokens // ranks,
+        max_num_batched_tokens=prof.max_num_batched_tokens // ranks,
+        max_num_seqs=max(1, prof.max_num_seqs // ranks),
+    )
+    engines = [SimEngine(rank_prof) for _ in range(ranks)]
+    clock = [0.0]
+    times: list[_Times] = []
+    reqs: list[SimRequest] = []
+    for i, (prompt, output) in enumerate(m.shape.requests):
+        t = _Times(clock)
+        times.append(t)
+        reqs.append(SimRequest(max(1, prompt), max(1, output), 0.0, t.token))
+        engines[i % ranks].waiting.append(reqs[-1])
+    for _ in range(MAX_STEPS):
+        if not any(e.running or e.waiting for e in engines):
+            break
+        plans = [e._schedule() for e in engines]
+        if not any(d or p for d, p in plans):
+            break
+        n_decode = sum(len(d) for d, _ in plans) * (1 + prof.spec_tokens)
+        n_prefill = sum(c for _, p in plans for _, c in p)
+        batch = sum(len(d) + len(p) for d, p in plans)
+        context = sum(r.prefilled for e in engines for r in e.running)
+        step = prof.step_time(batch, n_decode, n_prefill, context)
+        step += max(ranks * sum(prof.prefill_attention(r.prefilled, c) for r, c in p) for _, p in plans)
+        clock[0] += step
+        for e, (d, p) in zip(engines, plans, strict=True):
+            e._advance(d, p)
+    records = [
+        RequestRecord(
+            prompt_len=prompt,
+            output_len_hint=output,
+            success=r.generated >= r.max_tokens,
+            latency=t.last,
+            ttft=max(t.first, 0.0),
+            itl=t.itl,
+            output_tokens=output,
+        )
+        for (prompt, output), t, r in zip(m.shape.requests, times, reqs, strict=True)
+    ]
+    return calculate_metrics(records, max(t.last for t in times)).flat()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="sglang-attn-fa3")
+    ap.add_argument("--ranks", type=int, default=8)
+    ap.add_argument("--results", default="baselines/perf_tests/study")
+    args = ap.parse_args()
+    names = ("thr", "tpot", "med itl", "p99 itl", "ttft")
+    for m in read_results([args.results]):
+        if m.config != args.config:
+            continue
+        for label, pred in (("node", predict(default_profiles(), m)), ("ranks", per_rank_replay(m, args.ranks))):
+            errs = "  ".join(f"{n} {pred[k] / m.metrics[k] - 1:+5.0%}" for n, k in zip(names, METRICS, strict=True))
+            print(f"{m.workload:18} {label:5}  {errs}")
+
+
+if __name__ == "__main__":
+    main()
