@@ -17,27 +17,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from pytest_llmperf.metrics import RequestRecord, calculate_metrics
+from pytest_llmperf.errors import LlmperfError
 from pytest_llmperf.sim.calibrate import Measured, predict, read_results
 from pytest_llmperf.sim.calibrated import default_profiles
 from pytest_llmperf.sim.engine import SimEngine, SimRequest
+from pytest_llmperf.sim.virtual import Timeline, timeline_metrics
 
 METRICS = ("output_throughput", "mean_tpot_ms", "median_itl_ms", "p99_itl_ms", "mean_ttft_ms")
 MAX_STEPS = 2_000_000
-
-
-class _Times:
-    def __init__(self, clock: list[float]) -> None:
-        self.clock, self.first, self.last = clock, -1.0, 0.0
-        self.itl: list[float] = []
-
-    def token(self, _n: int) -> None:
-        now = self.clock[0]
-        if self.first < 0:
-            self.first = now
-        else:
-            self.itl.append(now - self.last)
-        self.last = now
 
 
 def per_rank_replay(m: Measured, ranks: int) -> dict[str, float]:
@@ -50,10 +37,10 @@ def per_rank_replay(m: Measured, ranks: int) -> dict[str, float]:
     )
     engines = [SimEngine(rank_prof) for _ in range(ranks)]
     clock = [0.0]
-    times: list[_Times] = []
+    times: list[Timeline] = []
     reqs: list[SimRequest] = []
     for i, (prompt, output) in enumerate(m.shape.requests):
-        t = _Times(clock)
+        t = Timeline(clock)
         times.append(t)
         reqs.append(SimRequest(max(1, prompt), max(1, output), 0.0, t.token))
         engines[i % ranks].waiting.append(reqs[-1])
@@ -72,19 +59,7 @@ def per_rank_replay(m: Measured, ranks: int) -> dict[str, float]:
         clock[0] += step
         for e, (d, p) in zip(engines, plans, strict=True):
             e._advance(d, p)
-    records = [
-        RequestRecord(
-            prompt_len=prompt,
-            output_len_hint=output,
-            success=r.generated >= r.max_tokens,
-            latency=t.last,
-            ttft=max(t.first, 0.0),
-            itl=t.itl,
-            output_tokens=output,
-        )
-        for (prompt, output), t, r in zip(m.shape.requests, times, reqs, strict=True)
-    ]
-    return calculate_metrics(records, max(t.last for t in times)).flat()
+    return timeline_metrics(m.shape, times, reqs)
 
 
 def main() -> None:
@@ -93,10 +68,18 @@ def main() -> None:
     ap.add_argument("--ranks", type=int, default=8)
     ap.add_argument("--results", default="baselines/perf_tests/study")
     args = ap.parse_args()
+    if args.ranks < 1:
+        ap.error(f"--ranks {args.ranks}: the number of DP ranks must be at least 1")
+    try:
+        measured = read_results([args.results])
+    except LlmperfError as exc:
+        ap.error(f"--results: {exc}")
+    chosen = [m for m in measured if m.config == args.config]
+    if not chosen:
+        known = ", ".join(sorted({m.config for m in measured}))
+        ap.error(f"--config {args.config}: no result of that configuration under {args.results} (there: {known})")
     names = ("thr", "tpot", "med itl", "p99 itl", "ttft")
-    for m in read_results([args.results]):
-        if m.config != args.config:
-            continue
+    for m in chosen:
         for label, pred in (("node", predict(default_profiles(), m)), ("ranks", per_rank_replay(m, args.ranks))):
             errs = "  ".join(f"{n} {pred[k] / m.metrics[k] - 1:+5.0%}" for n, k in zip(names, METRICS, strict=True))
             print(f"{m.workload:18} {label:5}  {errs}")

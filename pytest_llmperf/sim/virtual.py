@@ -12,6 +12,7 @@ client's and the host's timing noise.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from pytest_llmperf.metrics import RequestRecord, calculate_metrics
 from pytest_llmperf.sim.engine import Profile, SimEngine, SimRequest
 
-__all__ = ["Shape", "random_shape", "replay", "sharegpt_shape"]
+__all__ = ["Shape", "Timeline", "random_shape", "replay", "sharegpt_shape", "timeline_metrics"]
 
 OUT_SIGMA = 1.1  # the answers' lognormal sigma (see sharegpt_shape)
 MAX_STEPS = 2_000_000  # bounds a replay whatever the profile (a 1000-request ShareGPT run takes ~2,000)
@@ -61,51 +62,30 @@ def sharegpt_shape(num_prompts: int, mean_input: float, mean_output: float, *, s
     return Shape("sharegpt", reqs)
 
 
-class _Timeline:
+class Timeline:
+    """When one request's tokens came out, on a virtual clock shared by a replay (``clock[0]``, seconds)."""
+
     __slots__ = ("clock", "first", "itl", "last")
 
-    def __init__(self) -> None:
-        self.clock = 0.0
+    def __init__(self, clock: list[float]) -> None:
+        self.clock = clock
         self.first = -1.0
         self.last = 0.0
         self.itl: list[float] = []
 
-
-def replay(profile: Profile, shape: Shape, *, max_num_seqs: int | None = None) -> dict[str, float]:
-    """Run ``shape`` on ``profile`` in virtual time; the metrics under ``vllm bench serve``'s names."""
-    engine = SimEngine(profile, max_num_seqs=max_num_seqs)
-    clock = [0.0]
-    timelines: list[_Timeline] = []
-
-    def recorder(t: _Timeline) -> SimRequest:
-        return SimRequest(0, 0, 0.0, lambda n: _token(t))
-
-    def _token(t: _Timeline) -> None:
-        now = clock[0]
-        if t.first < 0:
-            t.first = now
+    def token(self, _generated: int) -> None:
+        """The engine's ``on_token``: a token at the clock's time."""
+        now = self.clock[0]
+        if self.first < 0:
+            self.first = now
         else:
-            t.itl.append(now - t.last)
-        t.last = now
+            self.itl.append(now - self.last)
+        self.last = now
 
-    reqs: list[SimRequest] = []
-    for prompt, output in shape.requests:
-        t = _Timeline()
-        timelines.append(t)
-        req = recorder(t)
-        req.prompt_tokens, req.max_tokens = max(1, prompt), max(1, output)
-        reqs.append(req)
-        engine.waiting.append(req)
-    steps = 0
-    while engine.running or engine.waiting:
-        decode, prefill = engine._schedule()
-        if not decode and not prefill:
-            break  # nothing can ever run (a prompt larger than the KV cache): the rest fail
-        clock[0] += engine.step_time(decode, prefill)
-        engine._advance(decode, prefill)
-        steps += 1
-        if steps >= MAX_STEPS:
-            break
+
+def timeline_metrics(shape: Shape, timelines: Sequence[Timeline], reqs: Sequence[SimRequest]) -> dict[str, float]:
+    """The metrics of a replayed ``shape`` (one timeline and engine request per request), as the load generator
+    computes them."""
     records = []
     for (prompt, output), t, req in zip(shape.requests, timelines, reqs, strict=True):
         records.append(
@@ -121,3 +101,28 @@ def replay(profile: Profile, shape: Shape, *, max_num_seqs: int | None = None) -
         )
     duration = max((t.last for t in timelines), default=0.0)
     return calculate_metrics(records, duration).flat()
+
+
+def replay(profile: Profile, shape: Shape, *, max_num_seqs: int | None = None) -> dict[str, float]:
+    """Run ``shape`` on ``profile`` in virtual time; the metrics under ``vllm bench serve``'s names."""
+    engine = SimEngine(profile, max_num_seqs=max_num_seqs)
+    clock = [0.0]
+    timelines: list[Timeline] = []
+    reqs: list[SimRequest] = []
+    for prompt, output in shape.requests:
+        t = Timeline(clock)
+        timelines.append(t)
+        req = SimRequest(max(1, prompt), max(1, output), 0.0, t.token)
+        reqs.append(req)
+        engine.waiting.append(req)
+    steps = 0
+    while engine.running or engine.waiting:
+        decode, prefill = engine._schedule()
+        if not decode and not prefill:
+            break  # nothing can ever run (a prompt larger than the KV cache): the rest fail
+        clock[0] += engine.step_time(decode, prefill)
+        engine._advance(decode, prefill)
+        steps += 1
+        if steps >= MAX_STEPS:
+            break
+    return timeline_metrics(shape, timelines, reqs)
