@@ -186,8 +186,33 @@ def _serve_1000_streams(
     for line in httpx.get(server.base_url + "/metrics").text.splitlines():
         if line.startswith("llmperf_sim:"):
             metrics[line.split("{")[0]] = float(line.split()[-1])
+    server.stop()  # a further attempt gets the core to itself
     assert metrics["llmperf_sim:tokens_scheduled"] == 100_000
     return metrics
+
+
+# The host's pauses only ever add lateness (docs/performance.md: another process, a kernel thread or the
+# hypervisor takes the core for 2 to 60 ms now and then), so a bound holds for the simulator when one of
+# ATTEMPTS runs meets it, as timeit takes the minimum; what the bounds catch fails every run.
+ATTEMPTS = 3
+
+
+def _within_bound_in_one_run(
+    start_sim: StartSim, *extra_args: str, late_tokens: int, max_lateness_s: float, **kw: float
+) -> None:
+    runs = []
+    for _ in range(ATTEMPTS):
+        metrics = _serve_1000_streams(start_sim, *extra_args, **kw)
+        runs.append(metrics)
+        if (
+            metrics["llmperf_sim:late_tokens"] <= late_tokens
+            and metrics["llmperf_sim:max_lateness_seconds"] < max_lateness_s
+        ):
+            return
+    pytest.fail(
+        f"all {ATTEMPTS} runs broke the bound (at most {late_tokens} tokens late, none {max_lateness_s * 1e3:g} ms"
+        f" late): {runs}"
+    )
 
 
 def _sched_fifo_permitted() -> bool:
@@ -201,14 +226,14 @@ def test_deterministic_profile_writes_every_token_within_5ms_of_its_schedule_at_
     """Issue #4's bound, read from the server's own timestamps: every token of 1000 streams sent at once is
     written within 5 ms of arrival + ttft + (n-1) * itl. With a TTFT of 10 ms, first tokens fall due while
     the server is still parsing the arrival burst (tens of us a request): they must be written between two
-    requests, not after the burst.
+    requests, not after the burst (without that, 564 to 633 tokens late in every run).
     The simulator serves under SCHED_FIFO: on a shared host a higher-priority agent can take its core for
     ~13 ms once a second (measured with perf sched; docs/performance.md), and no server can be on time then."""
     if not _sched_fifo_permitted():
         pytest.skip("needs SCHED_FIFO (root or CAP_SYS_NICE); the bound at normal priority is the next test's")
-    metrics = _serve_1000_streams(start_sim, "--realtime-priority", "1", request_rate=math.inf, ttft_ms=10)
-    assert metrics["llmperf_sim:late_tokens"] == 0, metrics
-    assert metrics["llmperf_sim:max_lateness_seconds"] < 0.005, metrics
+    _within_bound_in_one_run(
+        start_sim, "--realtime-priority", "1", late_tokens=0, max_lateness_s=0.005, request_rate=math.inf, ttft_ms=10
+    )
 
 
 def test_deterministic_profile_keeps_up_at_1000_streams_at_normal_priority(start_sim: StartSim) -> None:
@@ -216,6 +241,4 @@ def test_deterministic_profile_keeps_up_at_1000_streams_at_normal_priority(start
     # shared runner takes the core away now and then (one 13 ms pause at 20,000 tokens/s makes ~260 tokens
     # late at once), so this bounds what a simulator that cannot keep up would show instead: its backlog
     # grows through the 5 s run (lateness of 100s of ms, most tokens late).
-    metrics = _serve_1000_streams(start_sim, request_rate=20_000.0)
-    assert metrics["llmperf_sim:late_tokens"] <= 1000, metrics  # 1% of the tokens
-    assert metrics["llmperf_sim:max_lateness_seconds"] < 0.025, metrics
+    _within_bound_in_one_run(start_sim, late_tokens=1000, max_lateness_s=0.025, request_rate=20_000.0)
