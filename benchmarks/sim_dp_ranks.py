@@ -22,11 +22,10 @@ import dataclasses
 from pytest_llmperf.errors import LlmperfError
 from pytest_llmperf.sim.calibrate import Measured, predict, read_results
 from pytest_llmperf.sim.calibrated import default_profiles
-from pytest_llmperf.sim.engine import SimEngine, SimRequest
-from pytest_llmperf.sim.virtual import Timeline, timeline_metrics
+from pytest_llmperf.sim.engine import SimEngine
+from pytest_llmperf.sim.virtual import MAX_STEPS, timed_requests, timeline_metrics
 
 METRICS = ("output_throughput", "mean_tpot_ms", "median_itl_ms", "p99_itl_ms", "mean_ttft_ms")
-MAX_STEPS = 2_000_000
 MIB = 1 << 20
 
 
@@ -67,13 +66,9 @@ def per_rank_replay(m: Measured, ranks: int, kv_per_rank: int | None = None) -> 
     )
     engines = [SimEngine(rank_prof) for _ in range(ranks)]
     clock = [0.0]
-    times: list[Timeline] = []
-    reqs: list[SimRequest] = []
-    for i, (prompt, output) in enumerate(m.shape.requests):
-        t = Timeline(clock)
-        times.append(t)
-        reqs.append(SimRequest(max(1, prompt), max(1, output), 0.0, t.token))
-        engines[i % ranks].waiting.append(reqs[-1])
+    times, reqs = timed_requests(m.shape, clock)
+    for i, req in enumerate(reqs):
+        engines[i % ranks].waiting.append(req)  # dealt round-robin, as SGLang's DP controller does
     for _ in range(MAX_STEPS):
         if not any(e.running or e.waiting for e in engines):
             break

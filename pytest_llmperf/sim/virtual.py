@@ -20,7 +20,16 @@ import numpy as np
 from pytest_llmperf.metrics import RequestRecord, calculate_metrics
 from pytest_llmperf.sim.engine import Profile, SimEngine, SimRequest
 
-__all__ = ["Shape", "Timeline", "random_shape", "replay", "sharegpt_shape", "timeline_metrics"]
+__all__ = [
+    "MAX_STEPS",
+    "Shape",
+    "Timeline",
+    "random_shape",
+    "replay",
+    "sharegpt_shape",
+    "timed_requests",
+    "timeline_metrics",
+]
 
 OUT_SIGMA = 1.1  # the answers' lognormal sigma (see sharegpt_shape)
 MAX_STEPS = 2_000_000  # bounds a replay whatever the profile (a 1000-request ShareGPT run takes ~2,000)
@@ -83,6 +92,16 @@ class Timeline:
         self.last = now
 
 
+def timed_requests(shape: Shape, clock: list[float]) -> tuple[list[Timeline], list[SimRequest]]:
+    """One engine request per request of ``shape``, each recording its tokens on a timeline read off ``clock``."""
+    timelines = [Timeline(clock) for _ in shape.requests]
+    reqs = [
+        SimRequest(max(1, prompt), max(1, output), 0.0, t.token)
+        for (prompt, output), t in zip(shape.requests, timelines, strict=True)
+    ]
+    return timelines, reqs
+
+
 def timeline_metrics(shape: Shape, timelines: Sequence[Timeline], reqs: Sequence[SimRequest]) -> dict[str, float]:
     """The metrics of a replayed ``shape`` (one timeline and engine request per request), as the load generator
     computes them."""
@@ -107,14 +126,8 @@ def replay(profile: Profile, shape: Shape, *, max_num_seqs: int | None = None) -
     """Run ``shape`` on ``profile`` in virtual time; the metrics under ``vllm bench serve``'s names."""
     engine = SimEngine(profile, max_num_seqs=max_num_seqs)
     clock = [0.0]
-    timelines: list[Timeline] = []
-    reqs: list[SimRequest] = []
-    for prompt, output in shape.requests:
-        t = Timeline(clock)
-        timelines.append(t)
-        req = SimRequest(max(1, prompt), max(1, output), 0.0, t.token)
-        reqs.append(req)
-        engine.waiting.append(req)
+    timelines, reqs = timed_requests(shape, clock)
+    engine.waiting.extend(reqs)
     steps = 0
     while engine.running or engine.waiting:
         decode, prefill = engine._schedule()
