@@ -72,7 +72,7 @@ def per_rank_replay(m: Measured, ranks: int, kv_per_rank: int | None = None) -> 
     for _ in range(MAX_STEPS):
         if not any(e.running or e.waiting for e in engines):
             break
-        plans = [e._schedule() for e in engines]
+        plans = [e.schedule() for e in engines]
         if not any(d or p for d, p in plans):
             break
         n_decode = sum(len(d) for d, _ in plans) * (1 + prof.spec_tokens)
@@ -83,7 +83,7 @@ def per_rank_replay(m: Measured, ranks: int, kv_per_rank: int | None = None) -> 
         step += max(ranks * sum(prof.prefill_attention(r.prefilled, c) for r, c in p) for _, p in plans)
         clock[0] += step
         for e, (d, p) in zip(engines, plans, strict=True):
-            e._advance(d, p)
+            e.advance(d, p)
     return timeline_metrics(m.shape, times, reqs)
 
 

@@ -64,7 +64,12 @@ class SimRequest:
 
 
 class SimEngine:
-    """The scheduler loop. Create it inside a running event loop and call :meth:`start`."""
+    """The scheduler loop. Create it inside a running event loop and call :meth:`start`.
+
+    A step is :meth:`schedule` (this step's decodes and prefill chunks), :meth:`step_time` (its
+    modelled duration) and :meth:`advance` (its tokens out): :meth:`start` runs them on the event
+    loop's clock, :func:`pytest_llmperf.sim.virtual.replay` on a clock that jumps from step to step.
+    """
 
     def __init__(
         self,
@@ -154,7 +159,7 @@ class SimEngine:
 
     # --- scheduling -------------------------------------------------------------------------------
 
-    def _schedule(self) -> tuple[list[SimRequest], list[tuple[SimRequest, int]]]:
+    def schedule(self) -> tuple[list[SimRequest], list[tuple[SimRequest, int]]]:
         """Choose this step's work: the decodes, and (request, chunk) prefill pieces."""
         for r in self.running:
             if r.aborted:
@@ -229,7 +234,7 @@ class SimEngine:
                 self._wake.clear()
                 await self._wake.wait()
                 clock = loop.time()
-            decode, prefill = self._schedule()
+            decode, prefill = self.schedule()
             if not decode and not prefill:
                 # nothing fits (every request waits for blocks held by aborted ones): yield and retry
                 await asyncio.sleep(0.001)
@@ -244,9 +249,9 @@ class SimEngine:
                 await asyncio.sleep(delay)
             elif delay < -0.05:  # fell far behind (host stall): do not burst to catch up
                 clock = loop.time()
-            self._advance(decode, prefill)
+            self.advance(decode, prefill)
 
-    def _advance(self, decode: list[SimRequest], prefill: list[tuple[SimRequest, int]]) -> None:
+    def advance(self, decode: list[SimRequest], prefill: list[tuple[SimRequest, int]]) -> None:
         """The end of a step: tokens out (``on_token``), finished requests leave and free their blocks."""
         self.steps_total += 1
         produced = 0

@@ -1,7 +1,7 @@
 """The simulated engine in virtual time: a whole benchmark in a fraction of a second.
 
 :func:`replay` runs the engine's own scheduler (:class:`~pytest_llmperf.sim.engine.SimEngine`'s
-``_schedule``, ``step_time`` and ``_advance``, the code the HTTP server runs) on a clock that jumps
+``schedule``, ``step_time`` and ``advance``, the code the HTTP server runs) on a clock that jumps
 from step to step, with every request arriving at once (``vllm bench serve`` at request rate inf and
 no concurrency cap, as in the study), and computes the metrics with the load generator's own
 definitions (:func:`pytest_llmperf.metrics.calculate_metrics`). Calibration evaluates thousands of
@@ -130,11 +130,11 @@ def replay(profile: Profile, shape: Shape, *, max_num_seqs: int | None = None) -
     engine.waiting.extend(reqs)
     steps = 0
     while engine.running or engine.waiting:
-        decode, prefill = engine._schedule()
+        decode, prefill = engine.schedule()
         if not decode and not prefill:
             break  # nothing can ever run (a prompt larger than the KV cache): the rest fail
         clock[0] += engine.step_time(decode, prefill)
-        engine._advance(decode, prefill)
+        engine.advance(decode, prefill)
         steps += 1
         if steps >= MAX_STEPS:
             break
