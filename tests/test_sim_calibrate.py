@@ -82,9 +82,10 @@ def test_knobs_are_read_from_the_engines_own_command_lines(engine: str, command:
 
 
 def test_dp_attention_splits_kv_and_context_reads_over_the_ranks() -> None:
-    fam = FamilyProfile.uncalibrated("sglang")
+    # vLLM's DP engines; SGLang's DP attention sizes its pool by its own arithmetic (tests/test_sim_ranks.py)
+    fam = FamilyProfile.uncalibrated("vllm")
     tp = fam.profile(Knobs(tp=8))
-    dp = fam.profile(Knobs(tp=8, dp=8, dp_attention=True))
+    dp = fam.profile(Knobs(tp=1, dp=8, dp_attention=True))
     assert dp.kv_capacity_tokens == pytest.approx(8 * tp.kv_capacity_tokens, rel=1e-6)
     assert dp.context_per_token_s == pytest.approx(tp.context_per_token_s / 8)
     # ~447k tokens per rank: 35 GB at 1284 B per token and layer, 61 layers
@@ -165,16 +166,25 @@ def test_replay_of_a_study_shape_is_fast() -> None:
     assert time.perf_counter() - t0 < 5.0  # ~0.15 s here; calibration runs thousands of these
 
 
-def test_the_served_engine_and_the_replay_agree(start_sim: StartSim) -> None:
+@pytest.mark.parametrize(
+    ("engine", "args"),
+    [
+        ("vllm", "-tp 8"),
+        # SGLang's DP attention: eight schedulers in lockstep (pytest_llmperf.sim.ranks)
+        ("sglang", "--tp-size 8 --dp-size 8 --enable-dp-attention --context-length 32768 --attention-backend nsa "
+         "--nsa-prefill-backend fa3 --nsa-decode-backend fa3"),
+    ],
+)  # fmt: skip
+def test_the_served_engine_and_the_replay_agree(start_sim: StartSim, engine: str, args: str) -> None:
     """The HTTP server runs the same scheduler on the wall clock: a measured run matches the replay."""
-    server = start_sim("-tp", "8", "--profile", "h200-vllm")  # the last --profile wins
+    server = start_sim(*args.split(), "--profile", f"h200-{engine}")  # the last --profile wins
     assert "simulated timing, deepseek-v32-h200.toml" in server.log_path.read_text()
     reqs = random_requests(SimTokenizer(), num_requests=40, input_len=300, output_len=30, seed=1)
     settings = BenchSettings(
         base_url=server.base_url, model="llmperf-sim", backend="openai", endpoint="/v1/completions", ignore_eos=True
     )
     measured = run_benchmark_sync(settings, reqs).metrics
-    prof, _ = default_profiles().profile("vllm", Knobs(tp=8))
+    prof, _ = default_profiles().profile(engine, knobs_from_command(engine, f"{engine} serve m {args}"))
     replayed = replay(prof, Shape("same", tuple((r.prompt_len, r.expected_output_len) for r in reqs)))
     assert measured.completed == 40
     assert measured.duration == pytest.approx(replayed["duration"], rel=0.1)

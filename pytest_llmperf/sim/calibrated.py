@@ -5,10 +5,16 @@ Mechanisms (structural: follow from the command line, nothing fitted):
 
 * parallel layout: under DP attention (SGLang ``--enable-dp-attention --dp N``, vLLM ``-dp N -tp 1``)
   each of the N ranks holds only its own sequences: KV capacity x N, and the attention reads of the
-  context per step / N (under TP the single latent KV head of MLA is replicated on every rank);
+  context per step / N (under TP the single latent KV head of MLA is replicated on every rank); each
+  rank holds and streams the whole attention's weights every step (``kv_capacity.nonrouted_weight_share``:
+  6x TP 8's non-routed bytes for SGLang's ``--tp 8 --dp 8``, 8x for vLLM's ``-tp 1 -dp 8``);
+* SGLang's DP attention: one scheduler per DP rank, stepping in lockstep (``pytest_llmperf.sim.ranks``:
+  requests dealt round-robin, a rank's own KV pool, token budget and running cap), with the KV pool
+  SGLang's own memory arithmetic gives a rank (``kv_capacity.sglang_dp_attention_kv_tokens``: 234,290
+  tokens on an H200, where the attention weights and a larger activation reserve take their share);
 * speculative decoding (MTP, EAGLE): each decoding sequence verifies ``1 + k`` tokens a step and gains
   ``1 + accept * k``; SGLang caps running requests at 48 with speculative decoding (its default);
-* KV capacity: ~35 GB per GPU after the FP8 weights, at 1284 B per token and layer (BF16 latent, FP8
+* KV capacity (elsewhere): ~35 GB per GPU after the FP8 weights, at 1284 B per token and layer (BF16 latent, FP8
   indexer keys: ../shared/reference/simulators-and-h200-model.md, b.4): ~447k tokens per attention rank;
   an FP8 cache (788 B) holds 1.63x that;
 * prefill attention: each prompt token attends to the ones before it, the main attention to at most
@@ -40,6 +46,12 @@ import tomllib
 from pytest_llmperf.errors import LlmperfError
 from pytest_llmperf.sim.engine import PROFILES, Profile
 from pytest_llmperf.sim.knobs import KNOB_NAMES, Knobs
+from pytest_llmperf.sim.kv_capacity import (
+    KV_BYTES_BF16,
+    KV_BYTES_FP8,
+    nonrouted_weight_share,
+    sglang_dp_attention_kv_tokens,
+)
 
 __all__ = [
     "BASE_BOUNDS",
@@ -88,6 +100,7 @@ FP8_CAPACITY = 1284 / 788  # BF16 latent + indexer bytes per token over the FP8 
 SPEC_MAX_RUNNING = {"sglang": 48}
 PREFILL_FIRST = {"sglang"}  # SGLang runs prefill-only batches first (no --enable-mixed-chunk by default)
 ADMIT_RESERVE = {"sglang": 0.3}  # and admits with output room reserved (new_token_ratio, between 0.7 and 0.1)
+PER_RANK_SCHEDULERS = {"sglang"}  # under DP attention, one scheduler per DP rank (pytest_llmperf.sim.ranks)
 
 
 DEFAULT_PROFILE_FILE = Path(__file__).with_name("profiles") / "deepseek-v32-h200.toml"
@@ -177,9 +190,14 @@ class FamilyProfile:
             factors[f] = v if f == "accept" else factors.get(f, 1.0) * v
         b = self.base
         ranks = knobs.attention_ranks
+        tp = max(1, knobs.tp)  # the layout the weights are split by (8 in every study configuration but vLLM's DP)
         kv = b["kv_tokens"] * ranks
         if knobs.kv_dtype.startswith("fp8"):
             kv *= FP8_CAPACITY
+        if self.engine == "sglang" and ranks > 1:  # its own arithmetic: a DP-attention rank holds the whole attention
+            cell = KV_BYTES_FP8 if knobs.kv_dtype.startswith("fp8") else KV_BYTES_BF16
+            kv = sglang_dp_attention_kv_tokens(ranks, cell) * ranks
+        dp_ranks = ranks if self.engine in PER_RANK_SCHEDULERS else 1
         max_seqs = int(b["max_num_seqs"])
         if knobs.spec_tokens and self.engine in SPEC_MAX_RUNNING:
             max_seqs = min(max_seqs, SPEC_MAX_RUNNING[self.engine])
@@ -194,10 +212,11 @@ class FamilyProfile:
             max_num_seqs=max_seqs,
             max_num_batched_tokens=int(b["max_num_batched_tokens"]),
             kv_capacity_tokens=int(kv),
-            nonrouted_weights_s=b.get("nonrouted_weights_s", 0.0),
+            nonrouted_weights_s=b.get("nonrouted_weights_s", 0.0) * nonrouted_weight_share(tp, max(1, tp // ranks)),
             routed_full_s=values["moe"],
             prefill_first=self.engine in PREFILL_FIRST,
             admit_reserve=ADMIT_RESERVE.get(self.engine, 0.0),
+            dp_ranks=dp_ranks,
             attn_pair_s=ATTN_PAIR_S,
             index_pair_s=INDEX_PAIR_S,
             spec_tokens=knobs.spec_tokens,

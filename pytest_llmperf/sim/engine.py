@@ -112,10 +112,17 @@ class SimEngine:
 
     def submit(self, prompt_tokens: int, max_tokens: int, on_token: Callable[[int], None]) -> SimRequest:
         req = SimRequest(max(1, prompt_tokens), max(1, max_tokens), asyncio.get_running_loop().time(), on_token)
-        self.waiting.append(req)
+        self.enqueue(req)
         self.prompt_tokens_total += req.prompt_tokens
         self._wake.set()
         return req
+
+    def enqueue(self, req: SimRequest) -> None:
+        """A request joins the queue (a replay's requests, and every submitted one)."""
+        self.waiting.append(req)
+
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
 
     def stats(self) -> EngineStats:
         return EngineStats(
@@ -230,7 +237,7 @@ class SimEngine:
         loop = asyncio.get_running_loop()
         clock = loop.time()
         while True:
-            if not self.running and not self.waiting:
+            if not self.has_work():
                 self._wake.clear()
                 await self._wake.wait()
                 clock = loop.time()

@@ -47,6 +47,10 @@ class Profile:
     # TensorRT-LLM); True runs a prefill-only step whenever a prompt can be admitted or continued, and
     # decodes only when none can (SGLang's default, without --enable-mixed-chunk)
     prefill_first: bool = False
+    # attention ranks that each schedule their own requests (SGLang's DP attention: one scheduler per DP
+    # rank): requests are dealt round-robin, a rank has 1/dp_ranks of the KV cache, the token budget and
+    # the running cap, and a step is one forward of every rank (pytest_llmperf.sim.ranks); 1: one scheduler
+    dp_ranks: int = 1
     # admission keeps this fraction of every running request's remaining output free in the KV cache
     # (SGLang's new_token_ratio; 0: admit on the prompt alone, as vLLM does)
     admit_reserve: float = 0.0

@@ -23,6 +23,7 @@ from pytest_llmperf.sim.knobs import parse_knobs
 from pytest_llmperf.sim.metrics import Histogram, render_metrics
 from pytest_llmperf.sim.openai_api import ApiError, bad_request, message_text, parse_generation
 from pytest_llmperf.sim.options import SimServerOptions
+from pytest_llmperf.sim.ranks import new_engine
 from pytest_llmperf.sim.schedule import TokenSchedule
 from pytest_llmperf.tokenizer import SimTokenizer
 
@@ -50,7 +51,7 @@ class SimServer:
         self.profile_notes: list[str] = []
         if opts.profile != "deterministic":
             profile, self.profile_notes = resolve_profile(opts, dict(os.environ))
-            self.engine = SimEngine(
+            self.engine = new_engine(
                 profile,
                 slowdown=opts.slowdown,
                 max_num_seqs=opts.max_num_seqs,

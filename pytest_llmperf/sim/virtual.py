@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pytest_llmperf.metrics import RequestRecord, calculate_metrics
-from pytest_llmperf.sim.engine import Profile, SimEngine, SimRequest
+from pytest_llmperf.sim.engine import Profile, SimRequest
+from pytest_llmperf.sim.ranks import new_engine
 
 __all__ = [
     "MAX_STEPS",
@@ -124,12 +125,13 @@ def timeline_metrics(shape: Shape, timelines: Sequence[Timeline], reqs: Sequence
 
 def replay(profile: Profile, shape: Shape, *, max_num_seqs: int | None = None) -> dict[str, float]:
     """Run ``shape`` on ``profile`` in virtual time; the metrics under ``vllm bench serve``'s names."""
-    engine = SimEngine(profile, max_num_seqs=max_num_seqs)
+    engine = new_engine(profile, max_num_seqs=max_num_seqs)
     clock = [0.0]
     timelines, reqs = timed_requests(shape, clock)
-    engine.waiting.extend(reqs)
+    for req in reqs:
+        engine.enqueue(req)
     steps = 0
-    while engine.running or engine.waiting:
+    while engine.has_work():
         decode, prefill = engine.schedule()
         if not decode and not prefill:
             break  # nothing can ever run (a prompt larger than the KV cache): the rest fail
