@@ -25,6 +25,7 @@ from pytest_llmperf.sim.calibrated import (
 )
 from pytest_llmperf.sim.engine import Profile
 from pytest_llmperf.sim.knobs import Knobs, knobs_from_command
+from pytest_llmperf.sim.kv_capacity import sglang_dp_attention_kv_tokens
 from pytest_llmperf.sim.virtual import Shape, random_shape, replay, sharegpt_shape
 from pytest_llmperf.tokenizer import SimTokenizer
 
@@ -190,6 +191,16 @@ def test_the_served_engine_and_the_replay_agree(start_sim: StartSim, engine: str
     assert measured.duration == pytest.approx(replayed["duration"], rel=0.1)
     assert measured.stats["tpot"]["mean"] == pytest.approx(replayed["mean_tpot_ms"], rel=0.1)
     assert measured.stats["ttft"]["mean"] == pytest.approx(replayed["mean_ttft_ms"], rel=0.2)
+
+
+def test_the_served_engine_says_which_flags_it_models_and_how(start_sim: StartSim) -> None:
+    """With a calibrated profile the engine's flags are knobs: the log names what it read, and ignores only the rest."""
+    args = "--tp-size 8 --dp-size 8 --enable-dp-attention --attention-backend nsa --trust-remote-code"
+    server = start_sim(*args.split(), "--profile", "h200-sglang")
+    log = server.log_path.read_text()
+    assert "ignoring flags it does not model: --trust-remote-code\n" in log
+    assert "llmperf sim: knobs from the command line: parallel=tp8+dp8+dpattn, attention=nsa" in log
+    assert f"8 DP-attention schedulers, {sglang_dp_attention_kv_tokens(8):,} KV tokens a rank" in log
 
 
 # --- calibration ---------------------------------------------------------------------------------

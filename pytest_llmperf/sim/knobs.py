@@ -15,7 +15,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["KNOB_NAMES", "Knobs", "knobs_from_command", "parse_knobs"]
+__all__ = ["KNOB_NAMES", "Knobs", "knobs_from_command", "parse_knobs", "unread_flags"]
 
 # the knobs, in the order their factors apply; each has one value at the engine's default
 KNOB_NAMES = ("parallel", "spec", "attention", "kv_dtype", "context", "deep_gemm", "tool_call")
@@ -115,6 +115,11 @@ def parse_knobs(engine: str, args: Sequence[str], env: Mapping[str, str]) -> Kno
         deep_gemm=not any(env.get(k) == v for k, v in _DEEP_GEMM_OFF.items()),
         tool_call=ns.tool_call_parser is not None,
     )
+
+
+def unread_flags(args: Sequence[str]) -> list[str]:
+    """The arguments of ``args`` that no knob reads (what a calibrated profile leaves unmodelled)."""
+    return _parser().parse_known_args(list(args))[1]
 
 
 def knobs_from_command(engine: str, command: str) -> Knobs:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 
+from pytest_llmperf.sim.knobs import unread_flags
 from pytest_llmperf.sim.options import SimServerOptions, parse_args
 from pytest_llmperf.sim.server import SimServer
 
@@ -76,6 +77,8 @@ def _reap(children: list[subprocess.Popen[bytes]], grace_s: float = 5.0) -> None
 
 def main(argv: list[str] | None = None) -> int:
     opts, unknown = parse_args(argv)
+    if opts.profile.startswith("h200-") and not opts.uncalibrated:
+        unknown = unread_flags(unknown)  # the calibrated profile reads the engine's knobs from them
     if unknown:
         print(f"llmperf sim: ignoring flags it does not model: {' '.join(unknown)}", flush=True)
     if opts.fail_at_startup is not None:

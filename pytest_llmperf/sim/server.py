@@ -38,7 +38,14 @@ def resolve_profile(opts: SimServerOptions, env: dict[str, str]) -> tuple[Profil
         return base, []
     engine = opts.profile.removeprefix("h200-")
     profiles = load_profiles(opts.profile_file) if opts.profile_file else default_profiles()
-    return profiles.profile(engine, parse_knobs(engine, opts.engine_args, env))
+    knobs = parse_knobs(engine, opts.engine_args, env)
+    profile, notes = profiles.profile(engine, knobs)
+    settings = ", ".join(f"{k}={v}" for k, v in knobs.values().items() if v != "default") or "the defaults"
+    modelled = f"knobs from the command line: {settings}"
+    if profile.dp_ranks > 1:
+        kv = profile.kv_capacity_tokens // profile.dp_ranks
+        modelled += f"; {profile.dp_ranks} DP-attention schedulers, {kv:,} KV tokens a rank"
+    return profile, [modelled, *notes]
 
 
 class SimServer:
