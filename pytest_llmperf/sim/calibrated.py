@@ -7,7 +7,7 @@ Mechanisms (structural: follow from the command line, nothing fitted):
   each of the N ranks holds only its own sequences: KV capacity x N, and the attention reads of the
   context per step / N (under TP the single latent KV head of MLA is replicated on every rank); each
   rank holds and streams the whole attention's weights every step (``kv_capacity.nonrouted_weight_share``:
-  6x TP 8's non-routed bytes for SGLang's ``--tp 8 --dp 8``, 8x for vLLM's ``-tp 1 -dp 8``);
+  5.9x TP 8's non-routed bytes for SGLang's ``--tp 8 --dp 8``, 8x for vLLM's ``-tp 1 -dp 8``);
 * SGLang's DP attention: one scheduler per DP rank, stepping in lockstep (``pytest_llmperf.sim.ranks``:
   requests dealt round-robin, a rank's own KV pool, token budget and running cap), with the KV pool
   SGLang's own memory arithmetic gives a rank (``kv_capacity.sglang_dp_attention_kv_tokens``: 234,290

@@ -18,6 +18,17 @@ KV_BYTES_BF16 = (512 + 64) * 2 + 132
 KV_BYTES_FP8 = 656 + 132
 MIB = 1 << 20
 
+# DeepSeek-V3.2's weights, bytes. The attention of all 61 layers: q_a, q_b, kv_a and o_proj in FP8; kv_b_proj
+# at 2 bytes a parameter (the absorbed decode kernels' w_kc / w_vc copy of it is what a decode step reads);
+# the DSA indexer's wq_b, wk and weights_proj. Then the 58 MoE layers' routed experts (FP8), the dense and
+# shared MLPs (FP8), and the BF16 embedding / LM head.
+ATTENTION_BYTES = LAYERS * (
+    7168 * 1536 + 1536 * 128 * 192 + 7168 * 576 + 128 * 128 * 7168 + 2 * 512 * 128 * 256 + 1536 * 64 * 128 + 7168 * 192
+)
+ROUTED_BYTES = 58 * 256 * 3 * 7168 * 2048
+MLP_BYTES = 58 * 3 * 7168 * 2048 + 3 * 3 * 7168 * 18432
+VOCAB_BYTES = 129_280 * 7168 * 2
+
 
 def sglang_dp_attention_kv_tokens(dp: int, bytes_per_token_layer: int = KV_BYTES_BF16) -> int:
     """KV tokens of one rank of ``sglang.launch_server --tp 8 --dp DP --enable-dp-attention`` serving
@@ -27,31 +38,15 @@ def sglang_dp_attention_kv_tokens(dp: int, bytes_per_token_layer: int = KV_BYTES
     and it reserves 512 + 1.5 x 8192 + 2 x 512 + 1024 (tp 8) MiB, plus 3 x 512 x DP and 1.5 x 512 x DP
     for DP attention (graphs over batch 300), so ``mem_fraction_static`` = round((total - reserved) /
     total, 3): 0.769 at DP 8. The pool is that fraction of the GPU less the weights a rank holds: 1/8 of
-    the routed experts (58 layers x 256 x 3 x 7168 x 2048, FP8), of the dense and shared MLPs and of the
-    LM head, but the whole attention, DSA indexer and embedding, which DP attention replicates
-    (``kv_b_proj`` is also kept in BF16 for the absorbed kernels). CUDA context and NCCL buffers are not
-    counted: the pool is an upper bound by what they take (~13,700 tokens a GiB).
+    the routed experts, of the dense and shared MLPs and of the LM head, but the whole attention, DSA
+    indexer and embedding, which DP attention replicates. CUDA context and NCCL buffers are not counted:
+    the pool is an upper bound by what they take (~13,700 tokens a GiB).
     """
     reserved = 512 + 1.5 * 8192 + 2 * 512 + 8 / 8 * 1024 + 3 * 512 * dp + 1.5 * 512 * dp
     fraction = round((H200_MIB - reserved) / H200_MIB, 3)
-    routed = 58 * 256 * 3 * 7168 * 2048 / 8  # FP8, 1 byte a parameter
-    attention = LAYERS * (7168 * 1536 + 1536 * 128 * 192 + 7168 * 576 + 512 * 128 * 256 + 128 * 128 * 7168)
-    kv_b_bf16 = LAYERS * 512 * 128 * 256  # its second byte
-    indexer = LAYERS * (1536 * 64 * 128 + 7168 * 128 + 7168 * 64)
-    sharded_mlp = (58 * 3 * 7168 * 2048 + 3 * 3 * 7168 * 18432) / 8
-    embedding, lm_head = 129_280 * 7168 * 2, 129_280 * 7168 * 2 / 8  # BF16
-    weights = routed + attention + kv_b_bf16 + indexer + sharded_mlp + embedding + lm_head
+    weights = ATTENTION_BYTES + VOCAB_BYTES + (ROUTED_BYTES + MLP_BYTES + VOCAB_BYTES) / 8
     pool = fraction * H200_MIB * MIB - weights
     return int(pool // (bytes_per_token_layer * LAYERS))
-
-
-# the weights every token passes through, bytes: the attention and the DSA indexer (FP8, and kv_b_proj's BF16
-# copy for the absorbed kernels), the dense and shared MLPs (FP8), the LM head (BF16)
-ATTENTION_BYTES = LAYERS * (
-    7168 * 1536 + 1536 * 128 * 192 + 7168 * 576 + 512 * 128 * 256 * 3 + 128 * 128 * 7168 + 1536 * 64 * 128 + 7168 * 192
-)
-MLP_BYTES = 58 * 3 * 7168 * 2048 + 3 * 3 * 7168 * 18432
-LM_HEAD_BYTES = 129_280 * 7168 * 2
 
 
 def nonrouted_weight_share(tp: int, attention_tp: int) -> float:
@@ -62,5 +57,5 @@ def nonrouted_weight_share(tp: int, attention_tp: int) -> float:
     with ``-tp 1`` (vLLM's DP engines) the dense and shared MLPs and the LM head as well: 5.9x the TP
     layout's bytes for SGLang's ``--tp 8 --dp 8 --enable-dp-attention``, 8x for vLLM's ``-tp 1 -dp 8``.
     """
-    tp8 = (ATTENTION_BYTES + MLP_BYTES + LM_HEAD_BYTES) / 8
-    return (ATTENTION_BYTES / max(1, attention_tp) + (MLP_BYTES + LM_HEAD_BYTES) / max(1, tp)) / tp8
+    tp8 = (ATTENTION_BYTES + MLP_BYTES + VOCAB_BYTES) / 8
+    return (ATTENTION_BYTES / max(1, attention_tp) + (MLP_BYTES + VOCAB_BYTES) / max(1, tp)) / tp8
