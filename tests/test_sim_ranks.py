@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
+from suite_files import StartSim
 
 from pytest_llmperf.sim.calibrated import FamilyProfile, default_profiles
 from pytest_llmperf.sim.engine import Profile, SimEngine, SimRequest
@@ -147,3 +149,17 @@ def test_dp_attention_reads_the_whole_attention_on_every_rank_each_step() -> Non
     assert dp.step_time(8, 8, 0, 0) - tp.step_time(8, 8, 0, 0) == pytest.approx(
         dp.nonrouted_weights_s - tp.nonrouted_weights_s + (dp.decode_per_seq_s - tp.decode_per_seq_s) * 8
     )
+
+
+def test_a_request_no_ranks_pool_can_hold_is_refused_not_left_waiting(start_sim: StartSim) -> None:
+    """A request larger than one rank's KV pool would wait for room forever (and hold up its rank's queue)."""
+    args = "--tp-size 8 --dp-size 8 --enable-dp-attention --kv-cache-tokens 8000"  # 1000 tokens a rank
+    server = start_sim(*args.split(), "--profile", "h200-sglang")
+    body = {"model": "llmperf-sim", "prompt": "hello there", "max_tokens": 1500}
+    r = httpx.post(server.base_url + "/v1/completions", json=body, timeout=10)
+    assert r.status_code == 400
+    message = r.json()["error"]["message"]
+    assert "more than the simulated engine's cache of one DP-attention rank holds (992)" in message
+    assert "raise --kv-cache-tokens" in message
+    ok = httpx.post(server.base_url + "/v1/completions", json={**body, "max_tokens": 20}, timeout=10)
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 20

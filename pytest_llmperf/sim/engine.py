@@ -299,9 +299,20 @@ class SimEngine:
     def step_time(self, decode: list[SimRequest], prefill: list[tuple[SimRequest, int]]) -> float:
         """The modelled duration of the step that runs ``decode`` and ``prefill``."""
         n_prefill = sum(chunk for _, chunk in prefill)
-        context = sum(r.prefilled for r in self.running)
         n_decode = len(decode) * (1 + self.profile.spec_tokens)  # each draft token is verified like a decode
-        t = self.profile.step_time(len(decode) + len(prefill), n_decode, n_prefill, context)
+        t = self.profile.step_time(len(decode) + len(prefill), n_decode, n_prefill, self.context_tokens())
         if self.profile.attn_pair_s or self.profile.index_pair_s:
-            t += sum(self.profile.prefill_attention(r.prefilled, chunk) for r, chunk in prefill)
+            t += self.prefill_attention_time(prefill)
         return t
+
+    def context_tokens(self) -> int:
+        """Tokens in the KV cache of the running requests: what a step's attention reads."""
+        return sum(r.prefilled for r in self.running)
+
+    def prefill_attention_time(self, prefill: list[tuple[SimRequest, int]]) -> float:
+        return sum(self.profile.prefill_attention(r.prefilled, chunk) for r, chunk in prefill)
+
+    @property
+    def request_capacity(self) -> int:
+        """The most tokens (prompt and output) one request can hold in the KV cache."""
+        return self.num_blocks * self.block_size

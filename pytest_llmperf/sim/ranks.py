@@ -74,18 +74,18 @@ class RankedEngine(SimEngine):
         prefill = [piece for _, p in self._plans for piece in p]
         return decode, prefill
 
-    def step_time(self, decode: list[SimRequest], prefill: list[tuple[SimRequest, int]]) -> float:
-        """The node-wide cost of every rank's tokens, plus the slowest rank's prefill attention: a rank
-        runs attention on its own 1/dp_ranks of the GPUs, for its own prompts."""
-        p = self.profile
-        n_prefill = sum(chunk for _, chunk in prefill)
-        context = sum(q.prefilled for r in self.ranks for q in r.running)
-        n_decode = len(decode) * (1 + p.spec_tokens)
-        t = p.step_time(len(decode) + len(prefill), n_decode, n_prefill, context)
-        if p.attn_pair_s or p.index_pair_s:
-            n = len(self.ranks)
-            t += max(n * sum(p.prefill_attention(q.prefilled, c) for q, c in pr) for _, pr in self._plans)
-        return t
+    def context_tokens(self) -> int:
+        return sum(r.context_tokens() for r in self.ranks)
+
+    def prefill_attention_time(self, prefill: list[tuple[SimRequest, int]]) -> float:
+        """The slowest rank's: a rank runs attention on its own 1/dp_ranks of the GPUs, for its own prompts."""
+        return len(self.ranks) * max(
+            r.prefill_attention_time(p) for r, (_, p) in zip(self.ranks, self._plans, strict=True)
+        )
+
+    @property
+    def request_capacity(self) -> int:
+        return min(r.request_capacity for r in self.ranks)  # a request lives in one rank's pool
 
     def advance(self, decode: list[SimRequest], prefill: list[tuple[SimRequest, int]]) -> None:
         """The end of the forward :meth:`schedule` planned: each rank's tokens out, its finished requests leave."""

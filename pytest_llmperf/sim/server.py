@@ -193,6 +193,16 @@ class SimServer:
         except ApiError as exc:
             conn.send_json(exc.status, exc.body())
             return
+        need = params.prompt_tokens + params.max_tokens
+        if self.engine is not None and need > self.engine.request_capacity:  # it would wait for room forever
+            rank = " of one DP-attention rank" if self.engine.profile.dp_ranks > 1 else ""
+            error = bad_request(
+                f"This request needs {need} tokens of KV cache (prompt {params.prompt_tokens} + max_tokens "
+                f"{params.max_tokens}), more than the simulated engine's cache{rank} holds "
+                f"({self.engine.request_capacity}): lower max_tokens, or raise --kv-cache-tokens."
+            )
+            conn.send_json(error.status, error.body())
+            return
         self.requests_total += 1
         n = self.requests_total
         if opts.crash_after is not None and n > opts.crash_after:
