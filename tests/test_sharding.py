@@ -24,7 +24,10 @@ def matrix(n_configs: int) -> str:
         f'[[workloads]]\nid = "w{j}"\nrandom_input_len = 8\nrandom_output_len = 10\nnum_prompts = 6\n\n'
         for j in range(2)
     )
-    return engines + workloads
+    # the subject is coverage and merging: a host pause moving one tiny run's TPOT must not flip a verdict
+    # between the sharded and the unsharded night, nor buy confirmation runs
+    gate = "[gate.tolerance]\noutput_throughput = 0.9\ntotal_token_throughput = 0.9\nmean_tpot_ms = 0.9\n\n"
+    return gate + engines + workloads
 
 
 def test_parse_shard() -> None:
@@ -89,7 +92,14 @@ def test_three_shards_cover_every_test_once_and_merge_to_the_unsharded_verdicts(
         shards = [*cmd, "shard1", "shard2", "shard3", "--llmperf-history", "nightly.sqlite"]
         first = subprocess.run(shards, cwd=pytester.path, capture_output=True, text=True)
         assert first.returncode == 0, first.stderr
-        assert "history: 20 run(s) of 3 report folder(s) recorded in nightly.sqlite" in first.stdout
+        # 10 tests x 2 repeats, plus any confirmation runs a noisy first verdict bought on this shared host
+        runs = sum(
+            max(len(v) for v in t["samples"].values())
+            for k in (1, 2, 3)
+            for t in json.loads((pytester.path / f"shard{k}" / "summary.json").read_text())["tests"]
+        )
+        assert runs >= 20
+        assert f"history: {runs} run(s) of 3 report folder(s) recorded in nightly.sqlite" in first.stdout
         again = subprocess.run(shards, cwd=pytester.path, capture_output=True, text=True)
         assert "history: 0 run(s) of 3 report folder(s)" in again.stdout
     missing = subprocess.run(
