@@ -1,13 +1,16 @@
-"""What several test modules share: the perf test module the pytester-based tests write, a /proc check, and a
-pytest run whose output lines carry the time they arrived."""
+"""What several test modules share: the perf test module the pytester-based tests write, a /proc check, a
+pytest run whose output lines carry the time they arrived, and a flat simulator profile."""
 
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from pytest_llmperf.engines import ServerProcess
+from pytest_llmperf.sim.engine import Profile
 
 StartSim = Callable[..., ServerProcess]  # the start_sim fixture: start_sim(*args, profile=..., **sim options)
 
@@ -46,3 +49,19 @@ def stamped_pytest(cwd: Path, *args: str) -> list[tuple[float, str]]:
     stamped = [(time.monotonic() - t0, line.rstrip()) for line in proc.stdout]
     proc.wait(timeout=10)
     return stamped
+
+
+def flat_profile(overhead: float, **kw: Any) -> Profile:
+    """A simulator profile whose every step costs ``overhead`` (plus what ``kw`` sets)."""
+    base = Profile(
+        name="t",
+        description="test",
+        step_overhead_s=overhead,
+        decode_per_seq_s=0.0,
+        prefill_per_token_s=0.0,
+        context_per_token_s=0.0,
+        max_num_seqs=256,
+        max_num_batched_tokens=8192,
+        kv_capacity_tokens=1_000_000,
+    )
+    return replace(base, **kw)

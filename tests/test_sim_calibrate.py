@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from suite_files import StartSim
+from suite_files import StartSim, flat_profile
 
 from pytest_llmperf.cli.main import main as llmperf_main
 from pytest_llmperf.errors import LlmperfError
@@ -23,30 +23,12 @@ from pytest_llmperf.sim.calibrated import (
     default_profiles,
     load_profiles,
 )
-from pytest_llmperf.sim.engine import Profile
 from pytest_llmperf.sim.knobs import Knobs, knobs_from_command
 from pytest_llmperf.sim.kv_capacity import sglang_dp_attention_kv_tokens
 from pytest_llmperf.sim.virtual import Shape, random_shape, replay, sharegpt_shape
 from pytest_llmperf.tokenizer import SimTokenizer
 
 STUDY = Path(__file__).resolve().parents[1] / "baselines" / "perf_tests" / "study"
-
-
-def flat(overhead: float, **kw: object) -> Profile:
-    """A profile whose every step costs ``overhead`` (plus what ``kw`` adds)."""
-    fields: dict[str, object] = dict(
-        name="t",
-        description="test",
-        step_overhead_s=overhead,
-        decode_per_seq_s=0.0,
-        prefill_per_token_s=0.0,
-        context_per_token_s=0.0,
-        max_num_seqs=256,
-        max_num_batched_tokens=8192,
-        kv_capacity_tokens=1_000_000,
-    )
-    fields.update(kw)
-    return Profile(**fields)  # type: ignore[arg-type]
 
 
 # --- knobs ---------------------------------------------------------------------------------------
@@ -100,12 +82,12 @@ def test_speculative_decoding_emits_accepted_tokens_and_sglang_caps_the_batch() 
     assert sglang.max_num_seqs == 48 and sglang.spec_tokens == 1 and sglang.spec_accept == 0.8
     assert FamilyProfile.uncalibrated("vllm").profile(Knobs(tp=8, spec_tokens=1)).max_num_seqs == 1024
     # one request of 101 tokens, every draft accepted: the first token, then 50 steps of 2
-    p = flat(0.01, spec_tokens=1, spec_accept=1.0)
+    p = flat_profile(0.01, spec_tokens=1, spec_accept=1.0)
     m = replay(p, random_shape(10, 101, 1))
     assert m["duration"] == pytest.approx(0.51)
     assert m["mean_itl_ms"] == pytest.approx(10.0) and m["mean_tpot_ms"] == pytest.approx(5.0)
     # half accepted: 3 tokens every 2 steps
-    half = replay(flat(0.01, spec_tokens=1, spec_accept=0.5), random_shape(10, 101, 1))
+    half = replay(flat_profile(0.01, spec_tokens=1, spec_accept=0.5), random_shape(10, 101, 1))
     assert half["duration"] == pytest.approx(0.01 + 0.01 * math.ceil(100 / 1.5), abs=0.011)
 
 
@@ -113,8 +95,8 @@ def test_sglang_runs_prefill_only_steps_while_prompts_wait() -> None:
     # two requests, a budget of one prompt a step: vLLM-style puts the first request's decode before the
     # second prefill; SGLang-style runs the second prefill alone, so the first request's next token waits
     shape = random_shape(100, 3, 2)
-    mixed = replay(flat(0.01, max_num_batched_tokens=100), shape)
-    first = replay(flat(0.01, max_num_batched_tokens=100, prefill_first=True), shape)
+    mixed = replay(flat_profile(0.01, max_num_batched_tokens=100), shape)
+    first = replay(flat_profile(0.01, max_num_batched_tokens=100, prefill_first=True), shape)
     # mixed, decodes first: P1 | D1 + 99 of P2 | D1 + the rest of P2 | D2 | D2
     assert mixed["duration"] == pytest.approx(0.05)
     assert mixed["median_ttft_ms"] == pytest.approx(20.0) and mixed["mean_itl_ms"] == pytest.approx(10.0)
@@ -124,11 +106,11 @@ def test_sglang_runs_prefill_only_steps_while_prompts_wait() -> None:
 
 
 def test_prefill_attention_is_capped_at_the_sparse_keys_and_the_indexer_is_not() -> None:
-    p = flat(0.0, attn_pair_s=1.0, index_pair_s=0.0, sparse_keys=4)
+    p = flat_profile(0.0, attn_pair_s=1.0, index_pair_s=0.0, sparse_keys=4)
     # positions 0..5 attend to 0,1,2,3,4,4 earlier tokens at most 4
     assert p.prefill_attention(0, 6) == 0 + 1 + 2 + 3 + 4 + 4
     assert p.prefill_attention(0, 3) + p.prefill_attention(3, 3) == p.prefill_attention(0, 6)  # chunks add up
-    q = flat(0.0, attn_pair_s=0.0, index_pair_s=1.0, sparse_keys=4)
+    q = flat_profile(0.0, attn_pair_s=0.0, index_pair_s=1.0, sparse_keys=4)
     assert q.prefill_attention(0, 6) == 15
 
 
@@ -137,7 +119,7 @@ def test_prefill_attention_is_capped_at_the_sparse_keys_and_the_indexer_is_not()
 
 def test_replay_gives_the_step_model_exactly() -> None:
     # 4 requests of 1 + 9 tokens at 20 ms a step: TTFT 20 ms, ITL 20 ms, TPOT 20 ms, 10 steps
-    m = replay(flat(0.02), random_shape(50, 10, 4))
+    m = replay(flat_profile(0.02), random_shape(50, 10, 4))
     assert m["completed"] == 4 and m["failed"] == 0
     assert m["duration"] == pytest.approx(0.2)
     assert m["mean_ttft_ms"] == pytest.approx(20.0) and m["mean_tpot_ms"] == pytest.approx(20.0)
@@ -146,7 +128,7 @@ def test_replay_gives_the_step_model_exactly() -> None:
 
 
 def test_a_prompt_larger_than_the_kv_cache_fails_instead_of_looping() -> None:
-    m = replay(flat(0.01, kv_capacity_tokens=64), random_shape(1000, 4, 2))
+    m = replay(flat_profile(0.01, kv_capacity_tokens=64), random_shape(1000, 4, 2))
     assert m["completed"] == 0 and m["failed"] == 2
 
 
@@ -240,7 +222,7 @@ def test_calibration_recovers_a_known_profile() -> None:
 
 
 def test_fit_base_stays_within_its_bounds() -> None:
-    m = replay(flat(0.5, decode_per_seq_s=0.0), random_shape(10, 5, 10))  # far slower than the bounds allow
+    m = replay(flat_profile(0.5, decode_per_seq_s=0.0), random_shape(10, 5, 10))  # far slower than the bounds allow
     fam = fit_base("vllm", Measured("slow", "vllm", "vllm serve m", "w", random_shape(10, 5, 10), m))
     assert fam.base["step_overhead_s"] <= 0.2
 

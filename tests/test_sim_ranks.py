@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import pytest
-from suite_files import StartSim
+from suite_files import StartSim, flat_profile
 
 from pytest_llmperf.sim.calibrated import FamilyProfile, default_profiles
 from pytest_llmperf.sim.engine import Profile, SimEngine, SimRequest
@@ -16,21 +17,9 @@ from pytest_llmperf.sim.ranks import RankedEngine, new_engine
 from pytest_llmperf.sim.virtual import Shape, random_shape, replay, timed_requests
 
 
-def prof(**kw: object) -> Profile:
-    fields: dict[str, object] = dict(
-        name="t",
-        description="test",
-        step_overhead_s=0.01,
-        decode_per_seq_s=0.0,
-        prefill_per_token_s=0.0,
-        context_per_token_s=0.0,
-        max_num_seqs=64,
-        max_num_batched_tokens=128,
-        kv_capacity_tokens=1_000_000,
-        prefill_first=True,
-    )
-    fields.update(kw)
-    return Profile(**fields)  # type: ignore[arg-type]
+def prof(**kw: Any) -> Profile:
+    """10 ms steps, small batches, prefill first: each rank's plan is easy to follow."""
+    return flat_profile(0.01, **{"max_num_seqs": 64, "max_num_batched_tokens": 128, "prefill_first": True, **kw})
 
 
 def test_requests_are_dealt_round_robin_and_the_limits_split_between_the_ranks() -> None:

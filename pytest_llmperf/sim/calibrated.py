@@ -14,9 +14,9 @@ Mechanisms (structural: follow from the command line, nothing fitted):
   tokens on an H200, where the attention weights and a larger activation reserve take their share);
 * speculative decoding (MTP, EAGLE): each decoding sequence verifies ``1 + k`` tokens a step and gains
   ``1 + accept * k``; SGLang caps running requests at 48 with speculative decoding (its default);
-* KV capacity (elsewhere): ~35 GB per GPU after the FP8 weights, at 1284 B per token and layer (BF16 latent, FP8
-  indexer keys: ../shared/reference/simulators-and-h200-model.md, b.4): ~447k tokens per attention rank;
-  an FP8 cache (788 B) holds 1.63x that;
+* KV capacity (a TP rank; SGLang's DP-attention rank above): ~35 GB per GPU after the FP8 weights, at
+  1284 B per token and layer (BF16 latent, FP8 indexer keys: ../shared/reference/simulators-and-h200-model.md,
+  b.4): ~447k tokens per attention rank; an FP8 cache (788 B) holds 1.63x that;
 * prefill attention: each prompt token attends to the ones before it, the main attention to at most
   2048 of them (DSA), the indexer to all: a cost per (query, key) pair from the FLOP counts of b.4;
 * context length: requests longer than the maximum are refused, as the engine does.
@@ -49,6 +49,7 @@ from pytest_llmperf.sim.knobs import KNOB_NAMES, Knobs
 from pytest_llmperf.sim.kv_capacity import (
     KV_BYTES_BF16,
     KV_BYTES_FP8,
+    LAYERS,
     nonrouted_weight_share,
     sglang_dp_attention_kv_tokens,
 )
@@ -95,8 +96,8 @@ ATTN_PAIR_S = 2 * 128 * (192 + 128) * 61 / (0.4 * 8 * 989e12)
 INDEX_PAIR_S = 1e6 / (0.4 * 8 * 1979e12)
 # KV capacity per attention rank: ~35 GB/GPU left after the FP8 weights (~85 GB) at 0.9 utilisation, at
 # V3.2's BF16 latent + FP8 indexer bytes (1284 B x 61 layers); the FP8 cache format is 788 B x 61
-KV_TOKENS_BF16 = 35e9 / (1284 * 61)
-FP8_CAPACITY = 1284 / 788  # BF16 latent + indexer bytes per token over the FP8 layout's
+KV_TOKENS_BF16 = 35e9 / (KV_BYTES_BF16 * LAYERS)
+FP8_CAPACITY = KV_BYTES_BF16 / KV_BYTES_FP8  # BF16 latent + indexer bytes per token over the FP8 layout's
 SPEC_MAX_RUNNING = {"sglang": 48}
 PREFILL_FIRST = {"sglang"}  # SGLang runs prefill-only batches first (no --enable-mixed-chunk by default)
 ADMIT_RESERVE = {"sglang": 0.3}  # and admits with output room reserved (new_token_ratio, between 0.7 and 0.1)

@@ -8,7 +8,14 @@ activations and CUDA graphs grows with the DP size, and every rank holds the who
 
 from __future__ import annotations
 
-__all__ = ["H200_MIB", "KV_BYTES_BF16", "KV_BYTES_FP8", "nonrouted_weight_share", "sglang_dp_attention_kv_tokens"]
+__all__ = [
+    "H200_MIB",
+    "KV_BYTES_BF16",
+    "KV_BYTES_FP8",
+    "LAYERS",
+    "nonrouted_weight_share",
+    "sglang_dp_attention_kv_tokens",
+]
 
 H200_MIB = 143_771  # an H200's memory as the CUDA driver reports it
 LAYERS = 61

@@ -48,6 +48,11 @@ class SimServerOptions:
     uncalibrated: bool = False
     engine_args: tuple[str, ...] = ()  # the command line as given: the knobs are read from it
 
+    @property
+    def calibrated(self) -> bool:
+        """An ``h200-<engine>`` profile under the calibration, its knobs read from ``engine_args``."""
+        return self.profile.startswith("h200-") and not self.uncalibrated
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(

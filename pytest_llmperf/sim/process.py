@@ -77,7 +77,7 @@ def _reap(children: list[subprocess.Popen[bytes]], grace_s: float = 5.0) -> None
 
 def main(argv: list[str] | None = None) -> int:
     opts, unknown = parse_args(argv)
-    if opts.profile.startswith("h200-") and not opts.uncalibrated:
+    if opts.calibrated:
         unknown = unread_flags(unknown)  # the calibrated profile reads the engine's knobs from them
     if unknown:
         print(f"llmperf sim: ignoring flags it does not model: {' '.join(unknown)}", flush=True)

@@ -34,7 +34,7 @@ def resolve_profile(opts: SimServerOptions, env: dict[str, str]) -> tuple[Profil
     """The timing model: a named profile, or for ``h200-<engine>`` the calibrated one under the knobs that
     the engine's own flags (``opts.engine_args``) and environment set; notes say what was not calibrated."""
     base = PROFILES[opts.profile]
-    if not opts.profile.startswith("h200-") or opts.uncalibrated:
+    if not opts.calibrated:
         return base, []
     engine = opts.profile.removeprefix("h200-")
     profiles = load_profiles(opts.profile_file) if opts.profile_file else default_profiles()
